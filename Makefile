@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (main job on stand-in data, CPU) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CONFIG ?= configs/smoke.yaml
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench clean-runs
+
+$(STAMP): requirements-cpu.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-cpu.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m pipeline.demo --config $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/store_benchmark.py
+	$(BIN)/python benchmarks/simulate_speed.py
+
+clean-runs:
+	rm -rf runs/smoke

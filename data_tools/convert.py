@@ -1,0 +1,299 @@
+"""Convert CaloChallenge HDF5 files into one sharded, compressed zarr v3 store.
+
+    python -m data_tools.convert IN_1.hdf5 [IN_2.hdf5 ...] --geometry ds3 --out STORE.zarr
+    mpirun -n 8 python -m data_tools.convert ...        # or srun --mpi=pmi2
+
+Streams shard by shard (bounded memory), computes the preprocessing statistics in the same pass,
+and is resumable: each finished shard leaves a small marker with its statistics; a re-run of the
+same command skips finished shards, and the store is marked complete (attrs written last) only
+when every shard is there. With MPI each rank converts disjoint whole shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from data_tools.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, inspect_file, read_energies
+from pipeline.config_loader import ConfigError
+from pipeline.geometry import GEOMETRY_FILES, Geometry, load_geometry
+from pipeline.mpi_comm import world_comm
+from pipeline.shower_stats import block_stats, merge_stats, stats_from_dict, stats_to_dict
+from pipeline.store import (
+    FORMAT_NAME, FORMAT_VERSION, SHOWERS, ShowerStore, StoreError, StoreLayout, chunk_bounds, create_arrays,
+    read_attrs, validation_chunks,
+)
+
+PROGRESS_DIR = "_conversion"
+
+
+def sha256_of(path: Path, block: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def describe_inputs(paths: Sequence[Path], geometry: Geometry) -> tuple[list[dict], np.ndarray]:
+    """Validate input files (keys, shapes, energies) and describe them for the store's attrs."""
+    if not paths:
+        raise InputError("no input files given")
+    sources, energies = [], []
+    for path in paths:
+        info = inspect_file(path, geometry)
+        e = read_energies(path)
+        bad = np.flatnonzero(~np.isfinite(e) | (e <= 0))
+        if bad.size:
+            raise InputError(f"{path}: {ENERGY_KEY}[{bad[0]}] = {float(e[bad[0]])!r}; incident energies must be finite and > 0 MeV")
+        sources.append({"path": str(path.resolve()), "name": path.name, "n": info.n,
+                        "size_bytes": info.size_bytes, "sha256": sha256_of(path), "dtype": info.dtype})
+        energies.append(e)
+    return sources, np.concatenate(energies)
+
+
+class InputRows:
+    """The input files seen as one sequence of showers, read by global row range."""
+
+    def __init__(self, sources: list[dict]) -> None:
+        self.paths = [Path(s["path"]) for s in sources]
+        self.offsets = np.cumsum([0] + [s["n"] for s in sources])
+        self._files = [h5py.File(p, "r", rdcc_nbytes=64 << 20) for p in self.paths]
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as float32, checked finite and non-negative."""
+        parts = []
+        for k, f in enumerate(self._files):
+            lo, hi = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
+            if lo >= hi:
+                continue
+            a, b = int(lo - self.offsets[k]), int(hi - self.offsets[k])
+            try:
+                block = f[SHOWER_KEY][a:b]
+            except OSError as err:
+                raise InputError(f"{self.paths[k]}: cannot read {SHOWER_KEY} rows {a}-{b} (corrupt or truncated file?): {err}") from err
+            with np.errstate(over="ignore", invalid="ignore"):
+                block32 = block.astype(np.float32)
+            bad = ~np.isfinite(block32) | (block32 < 0)
+            if bad.any():
+                row, col = np.argwhere(bad)[0]
+                raise InputError(
+                    f"{self.paths[k]}: {SHOWER_KEY}[{a + row}, {col}] = {float(block[row, col])!r}; voxel energies must be "
+                    "finite and >= 0 MeV (and fit in float32)"
+                )
+            parts.append(block32)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def make_plan(sources: list[dict], geometry: Geometry, layout: StoreLayout, validation_fraction: float, split_seed: int) -> dict:
+    """Everything that determines the store's content; a resumed run must match it exactly."""
+    n = sum(s["n"] for s in sources)
+    n_chunks = -(-n // layout.chunk_rows)
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "geometry": geometry.to_dict(),
+        "units": {"showers": "MeV", "incident_energies": "MeV"},
+        "n": n,
+        "sources": sources,
+        "layout": asdict(layout),
+        "split": {
+            "unit": "chunk",
+            "chunk_rows": layout.chunk_rows,
+            "validation_fraction": validation_fraction,
+            "seed": split_seed,
+            "validation_chunks": validation_chunks(n_chunks, validation_fraction, split_seed),
+        },
+    }
+
+
+def _same_content(a: dict, b: dict) -> bool:
+    """Plans match when everything except the inputs' location matches."""
+    def key(plan: dict) -> Any:
+        sources = [{k: v for k, v in s.items() if k != "path"} for s in plan.get("sources", [])]
+        return json.dumps({**{k: plan.get(k) for k in ("format", "format_version", "geometry", "n", "layout", "split")},
+                           "sources": sources}, sort_keys=True)
+    return key(a) == key(b)
+
+
+def prepare_store(out: Path, plan: dict, geometry: Geometry, layout: StoreLayout, energies: np.ndarray, overwrite: bool) -> str:
+    """Create, resume or refuse the output store. Returns 'created', 'resumed' or 'complete'."""
+    attrs = read_attrs(out)
+    if out.exists():
+        if attrs is None:
+            if out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            else:
+                raise StoreError(f"{out}: exists and is not a zarr store; refusing to touch it")
+        elif attrs.get("format") == FORMAT_NAME and _same_content(attrs, plan):
+            if attrs.get("complete") is True:
+                shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
+                return "complete"
+            _remove_stale_partials(out)
+            return "resumed"
+        elif not overwrite:
+            raise StoreError(
+                f"{out}: a store from different inputs or settings exists (sources "
+                f"{[s.get('name') for s in attrs.get('sources', [])]}); pass --overwrite to replace it"
+            )
+        else:
+            shutil.rmtree(out)
+    group = create_arrays(out, geometry, plan["n"], layout, plan)
+    group["incident_energies"][:] = energies
+    (out / PROGRESS_DIR).mkdir()
+    return "created"
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Delete temporary files that a killed writer left (zarr's ``*.<uuid>.partial``, our ``*.tmp``)."""
+    for pattern in ("*.partial", f"{PROGRESS_DIR}/*.tmp"):
+        for path in out.rglob(pattern) if pattern.startswith("*") else out.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def marker_path(out: Path, shard: int) -> Path:
+    return out / PROGRESS_DIR / f"shard_{shard:07d}.json"
+
+
+def convert_shard(out: Path, store: ShowerStore, rows: InputRows, shard: int, start: int, stop: int,
+                  train_chunks: set[int], energies: np.ndarray) -> None:
+    """Write one whole shard, then its statistics marker (atomically)."""
+    block = rows.read(start, stop).reshape(stop - start, *store.geometry.shape)
+    store.showers[start:stop] = block
+    parts = []
+    for a, b in chunk_bounds(stop - start, store.chunk_rows):
+        if (start + a) // store.chunk_rows in train_chunks:
+            parts.append(block_stats(energies[start + a: start + b], block[a:b], store.geometry))
+    marker = {"shard": shard, "rows": [start, stop], "stats": stats_to_dict(merge_stats(parts)) if parts else None}
+    tmp = marker_path(out, shard).with_suffix(".tmp")
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, marker_path(out, shard))
+
+
+def finalize(out: Path, n_shards: int) -> None:
+    """Merge shard statistics in shard order and mark the store complete (attrs last)."""
+    missing = [s for s in range(n_shards) if not marker_path(out, s).is_file()]
+    if missing:
+        raise StoreError(f"{out}: shards {missing[:5]}... were not written; re-run the same command to finish")
+    parts = []
+    for s in range(n_shards):
+        stats = json.loads(marker_path(out, s).read_text())["stats"]
+        if stats is not None:
+            parts.append(stats_from_dict(stats))
+    if not parts:
+        raise StoreError(f"{out}: no training chunks; lower --validation-fraction")
+    store = ShowerStore(out, require_complete=False, writable=True)
+    store.group.attrs.update({"stats": stats_to_dict(merge_stats(parts)), "complete": True})
+    shutil.rmtree(out / PROGRESS_DIR)
+
+
+def convert(inputs: Sequence[str | Path], out: str | Path, geometry_name: str, *, layout: StoreLayout = StoreLayout(),
+            validation_fraction: float = 0.1, split_seed: int = 0, overwrite: bool = False, comm: Any = None,
+            progress: bool = True) -> Path:
+    """Convert ``inputs`` into the store ``out``; collective over ``comm`` when given."""
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    out = Path(out)
+    geometry = load_geometry(geometry_name)
+    layout.check("layout")
+    if not 0 <= validation_fraction < 1:
+        raise ConfigError(f"validation_fraction: must be in [0, 1), got {validation_fraction}")
+
+    def on_root(fn):  # run fn on rank 0 and share its result or its error with every rank
+        result, error = None, None
+        if rank == 0:
+            try:
+                result = fn()
+            except (InputError, StoreError, ConfigError, OSError) as err:
+                error = err
+        if comm is not None:
+            result, error = comm.bcast((result, error), root=0)
+        if error is not None:
+            raise error
+        return result
+
+    def prepare():
+        sources, energies = describe_inputs([Path(p) for p in inputs], geometry)
+        plan = make_plan(sources, geometry, layout, validation_fraction, split_seed)
+        return plan, prepare_store(out, plan, geometry, layout, energies, overwrite)
+
+    plan, state = on_root(prepare)
+    if state == "complete":
+        if rank == 0 and progress:
+            print(f"convert: {out} is already complete for these inputs; nothing to do")
+        return out
+    store = ShowerStore(out, require_complete=False, writable=True)
+    energies = store.energies
+    val = set(plan["split"]["validation_chunks"])
+    train_chunks = {c for c in range(store.n_chunks) if c not in val}
+    shards = chunk_bounds(store.n, layout.shard_rows)
+    mine = [s for s in range(rank, len(shards), size) if not marker_path(out, s).is_file()]
+    rows = InputRows(plan["sources"])
+    error = None
+    try:
+        bar = tqdm(mine, desc=f"convert rank {rank}", unit="shard", disable=not progress or rank != 0)
+        for s in bar:
+            convert_shard(out, store, rows, s, *shards[s], train_chunks, energies)
+    except (InputError, OSError) as err:
+        error = err
+    finally:
+        rows.close()
+    if comm is not None:
+        errors = [e for e in comm.allgather(error) if e is not None]
+        error = error or (errors[0] if errors else None)
+    if error is not None:
+        raise error
+    on_root(lambda: finalize(out, len(shards)))
+    if rank == 0 and progress:
+        print(f"convert: wrote {store.n} showers from {len(inputs)} file(s) to {out} ({state})")
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m data_tools.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("inputs", nargs="+", type=Path, help="CaloChallenge HDF5 files (incident_energies, showers)")
+    p.add_argument("--geometry", required=True, choices=sorted(GEOMETRY_FILES), help="binning of the inputs")
+    p.add_argument("--out", required=True, type=Path, help="output zarr store (directory)")
+    p.add_argument("--chunk-rows", type=int, default=StoreLayout.chunk_rows, help="showers per compressed chunk")
+    p.add_argument("--shard-rows", type=int, default=StoreLayout.shard_rows, help="showers per shard file")
+    p.add_argument("--codec", default=StoreLayout.codec, choices=["zstd", "blosc-zstd-shuffle", "blosc-zstd-bitshuffle",
+                                                                  "blosc-lz4-bitshuffle", "gzip"])
+    p.add_argument("--level", type=int, default=StoreLayout.level, help="compression level")
+    p.add_argument("--validation-fraction", type=float, default=0.1, help="fraction of chunks held out for validation")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store made from other inputs")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    comm = None
+    try:
+        comm = world_comm()
+        layout = StoreLayout(args.chunk_rows, args.shard_rows, args.codec, args.level)
+        convert(args.inputs, args.out, args.geometry, layout=layout, validation_fraction=args.validation_fraction,
+                split_seed=args.split_seed, overwrite=args.overwrite, comm=comm, progress=not args.quiet)
+    except (InputError, StoreError, ConfigError, OSError, RuntimeError) as err:
+        if comm is None or comm.Get_rank() == 0:
+            print(f"convert: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

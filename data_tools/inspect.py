@@ -1,0 +1,110 @@
+"""Summarise a CaloChallenge HDF5 file or a converted zarr store.
+
+    python -m data_tools.inspect FILE.hdf5 | STORE.zarr [--sample 2000] [--json]
+
+Prints N, geometry, energy range, sparsity, size on disk and (for stores) completeness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+
+from data_tools.calochallenge_hdf5 import SHOWER_KEY, InputError, inspect_file, read_energies
+from pipeline.geometry import GEOMETRY_FILES, load_geometry
+from pipeline.store import ShowerStore, StoreError, chunk_bounds
+
+
+def disk_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _energy_summary(e: np.ndarray) -> dict[str, float]:
+    return {"min_mev": float(e.min()), "max_mev": float(e.max()), "median_mev": float(np.median(e))}
+
+
+def summarize_hdf5(path: Path, sample: int) -> dict[str, Any]:
+    info = inspect_file(path)
+    geometry = next((g for g in GEOMETRY_FILES if load_geometry(g).n_voxels == info.n_voxels), None)
+    e = read_energies(path)
+    k = min(sample, info.n)
+    with h5py.File(path, "r") as f:
+        showers = f[SHOWER_KEY][:k]
+    e_tot = showers.sum(axis=1) / e[:k]
+    return {
+        "kind": "CaloChallenge HDF5", "path": str(path), "n": info.n, "voxels": info.n_voxels, "dtype": info.dtype,
+        "geometry": geometry, "incident_energy": _energy_summary(e),
+        "zero_fraction": float((showers == 0).mean()), "etot_over_einc_mean": float(e_tot.mean()),
+        "sampled_showers": k, "size_bytes": disk_bytes(path),
+    }
+
+
+def summarize_store(path: Path, sample: int) -> dict[str, Any]:
+    store = ShowerStore(path, require_complete=False)
+    out: dict[str, Any] = {"kind": "zarr shower store", **store.summary(), "size_bytes": disk_bytes(path)}
+    out["raw_float32_bytes"] = store.n * store.geometry.n_voxels * 4
+    out["compression_ratio"] = round(out["raw_float32_bytes"] / max(out["size_bytes"], 1), 2)
+    out["sources"] = [{k: s[k] for k in ("name", "n", "sha256")} for s in store.attrs.get("sources", [])]
+    out["chunks"] = {"train": len(store.chunk_ids("train")), "validation": len(store.chunk_ids("validation"))}
+    if store.complete:
+        stats = store.stats
+        lo, hi = stats["log_energy"]["min"], stats["log_energy"]["max"]
+        out["incident_energy_train"] = {"min_mev": float(np.exp(lo)), "max_mev": float(np.exp(hi))}
+        out["zero_fraction_train"] = float(np.mean(stats["zero_fraction"]["mean"]))
+        out["etot_over_einc_mean_train"] = stats["total_fraction"]["mean"]
+    else:
+        done = len(list((path / "_conversion").glob("shard_*.json")))
+        out["shards_done"] = f"{done}/{len(chunk_bounds(store.n, store.shard_rows))}"
+    k = min(sample, store.n)
+    out["zero_fraction_sampled"] = float((store.showers[:k] == 0).mean())
+    out["sampled_showers"] = k
+    return out
+
+
+def summarize(path: str | Path, sample: int = 1000) -> dict[str, Any]:
+    path = Path(path)
+    if (path / "zarr.json").is_file():
+        return summarize_store(path, sample)
+    if path.is_file():
+        return summarize_hdf5(path, sample)
+    raise InputError(f"{path}: neither an HDF5 file nor a zarr store")
+
+
+def _format(summary: dict[str, Any], indent: str = "") -> str:
+    lines = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(_format(value, indent + "  "))
+        elif key.endswith("bytes") and isinstance(value, int):
+            lines.append(f"{indent}{key}: {value} ({value / 2**20:.1f} MiB)")
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data_tools.inspect", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", type=Path, help="CaloChallenge HDF5 file or zarr store")
+    p.add_argument("--sample", type=int, default=1000, help="showers read to estimate sparsity")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = p.parse_args(argv)
+    try:
+        summary = summarize(args.path, args.sample)
+    except (InputError, StoreError, OSError) as err:
+        print(f"inspect: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2) if args.json else _format(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
