@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "data_tools.inspect",
     "plot-showers": "data_tools.plot_showers",
     "demo": "pipeline.demo",
+    "info": "pipeline.info",
 }
 
 

@@ -71,11 +71,47 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    """Network sizes and options (presets in ``pipeline/models/presets.py``)."""
+
+    preset: Literal["tiny", "base", "large"] = "tiny"
+    checkpointing: bool = False  # activation checkpointing of the U-Net blocks (large models)
+    dropout: float = 0.0
+    angle_downsample: int = 1  # at most this many angle halvings (only where the angle count is even)
+
+    def check(self, path: str) -> None:
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
+        if self.angle_downsample < 0:
+            raise ConfigError(f"{path}.angle_downsample: must be >= 0, got {self.angle_downsample}")
+
+
+@dataclass
+class DiffusionConfig:
+    """Continuous-time v-prediction diffusion with a clipped cosine log-SNR schedule."""
+
+    logsnr_min: float = -20.0  # log-SNR at t = 1
+    logsnr_max: float = 20.0  # log-SNR at t = 0
+    sample_steps: int = 64  # DDIM steps at generation (teacher)
+    eta: float = 0.0  # 0: deterministic DDIM; 1: ancestral sampling
+
+    def check(self, path: str) -> None:
+        if not self.logsnr_min < self.logsnr_max:
+            raise ConfigError(f"{path}.logsnr_min: must be below logsnr_max ({self.logsnr_max}), got {self.logsnr_min}")
+        if self.sample_steps < 1:
+            raise ConfigError(f"{path}.sample_steps: must be >= 1, got {self.sample_steps}")
+        if not 0 <= self.eta <= 1:
+            raise ConfigError(f"{path}.eta: must be in [0, 1], got {self.eta}")
+
+
+@dataclass
 class Config:
     """The whole pipeline's configuration."""
 
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def per_rank_batch(self, world_size: int) -> int:
         """Per-rank batch size; the global batch must split evenly over the ranks."""

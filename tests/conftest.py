@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_tools.calochallenge_hdf5 import shower_file_writer
 from pipeline.geometry import load_geometry
+from pipeline.preprocessing import Preprocessor
+from pipeline.shower_stats import block_stats, stats_to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,3 +49,40 @@ def small_ds3(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     path = tmp_path / "small_ds3.hdf5"
     e, s = write_random_showers(path, 100, "ds3", seed=1)
     return path, e, s
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (small models are faster so and other processes keep a core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize_zero_init(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give zero-initialised parameters (output convs, gates) random values so outputs are non-trivial."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def random_batch(geometry: str, n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse showers (n, L, A, R) and energies (n,), with a few empty layers."""
+    g = load_geometry(geometry)
+    rng = np.random.default_rng(seed)
+    energies = 10 ** rng.uniform(3, 6, n)
+    showers = rng.gamma(1.0, 3.5, (n, *g.shape))
+    showers[rng.random(showers.shape) < 0.85] = 0
+    showers[0, -3:] = 0  # empty layers
+    return energies, showers
+
+
+def make_preprocessor(geometry: str, seed: int = 0) -> tuple[Preprocessor, torch.Tensor, torch.Tensor]:
+    """A preprocessor standardised with the statistics of a random batch, and that batch."""
+    e, s = random_batch(geometry, seed=seed)
+    stats = stats_to_dict(block_stats(e, s.astype(np.float32), load_geometry(geometry)))
+    return Preprocessor(stats, load_geometry(geometry)), torch.from_numpy(s), torch.from_numpy(e)

@@ -1,0 +1,42 @@
+"""Shower generation: layer energies first, then voxels conditioned on them, then the inverse preprocessing."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.diffusion.noise import NoiseSource
+from pipeline.diffusion.sampler import sample
+from pipeline.diffusion.schedule import CosineSchedule
+from pipeline.preprocessing import Preprocessor
+
+
+@torch.no_grad()
+def generate(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, voxel_model: nn.Module,
+             preprocessor: Preprocessor, steps: int, *, schedule: CosineSchedule = CosineSchedule(),
+             eta: float = 0.0, layer_steps: int | None = None, threshold: bool = True) -> Tensor:
+    """Showers ``(B, L, A, R)`` in MeV (float32, on the voxel model's device) for incident ``energies``
+    (B,) in MeV; shower i depends only on ``(energies[i], seeds[i])``, not on the batch.
+
+    ``steps`` DDIM steps for the voxels and ``layer_steps`` (default ``steps``) for the layer
+    energies; ``eta > 0`` makes both samplers stochastic. Models are used as given (call ``.eval()``,
+    wrap in ``torch.autocast`` if wanted); the preprocessor must be on the models' device.
+    """
+    if len(seeds) != len(energies):
+        raise ValueError(f"{len(seeds)} seeds for {len(energies)} energies")
+    device = next(voxel_model.parameters()).device
+    energies = energies.to(device)
+    noise = NoiseSource(seeds, device)
+    cond = preprocessor.condition(energies)
+    L, A, R = preprocessor.shape
+
+    def stepper(shape: tuple[int, ...], stream: str):  # noqa: ANN202 - StepNoise
+        return lambda step: noise(shape, step, stream)
+
+    layers = sample(lambda z, t: layer_model(z, t, cond), noise((L,), 0, "layers"), schedule,
+                    layer_steps or steps, eta=eta, step_noise=stepper((L,), "layers"))
+    voxels = sample(lambda z, t: voxel_model(z, t, cond, layers), noise((L, A, R), 0, "voxels"), schedule,
+                    steps, eta=eta, step_noise=stepper((L, A, R), "voxels"))
+    return preprocessor.inverse(layers.float(), voxels.float(), energies, threshold=threshold)

@@ -1,0 +1,102 @@
+"""Continuous-time variance-preserving diffusion: clipped cosine log-SNR schedule, v-prediction, loss.
+
+``z_t = alpha_t x + sigma_t eps`` with ``alpha_t = cos(theta_t)``, ``sigma_t = sin(theta_t)`` (so
+``alpha^2 + sigma^2 = 1`` exactly), ``theta_t = theta_min + t (theta_max - theta_min)`` for t in [0, 1] and
+``log SNR(t) = 2 log(alpha / sigma) = -2 log tan(theta_t)``: the cosine schedule, strictly decreasing,
+clipped to ``[logsnr_min, logsnr_max]`` at t = 1 and t = 0 (``theta = arctan(exp(-logsnr / 2))``).
+
+The networks predict ``v = alpha eps - sigma x`` (Salimans & Ho), from which
+``x = alpha z - sigma v`` and ``eps = sigma z + alpha v``.
+
+Loss weighting: plain MSE on v. Since ``v - v_hat = -(x - x_hat) / sigma = (eps - eps_hat) / alpha``,
+it equals the x-MSE weighted by ``1 / sigma^2 = SNR + 1`` ("SNR+1" weighting of Salimans & Ho), i.e. the
+eps-MSE weighted by ``1 + 1 / SNR``; t is drawn uniformly from [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+#: a denoiser in v-parameterisation: (z_t (B, ...), t (B,)) -> v (B, ...)
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Cosine log-SNR schedule clipped to ``[logsnr_min, logsnr_max]``."""
+
+    logsnr_min: float = -20.0
+    logsnr_max: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not self.logsnr_min < self.logsnr_max:
+            raise ValueError(f"logsnr_min ({self.logsnr_min}) must be below logsnr_max ({self.logsnr_max})")
+
+    @classmethod
+    def from_config(cls, cfg: object) -> "CosineSchedule":
+        """From a :class:`pipeline.config.DiffusionConfig`."""
+        return cls(float(cfg.logsnr_min), float(cfg.logsnr_max))  # type: ignore[attr-defined]
+
+    @property
+    def theta_range(self) -> tuple[float, float]:
+        return math.atan(math.exp(-0.5 * self.logsnr_max)), math.atan(math.exp(-0.5 * self.logsnr_min))
+
+    def theta(self, t: Tensor) -> Tensor:
+        lo, hi = self.theta_range
+        return lo + t.double() * (hi - lo)
+
+    def logsnr(self, t: Tensor) -> Tensor:
+        """log(alpha^2 / sigma^2) at times t (float64)."""
+        return -2.0 * torch.log(torch.tan(self.theta(t)))
+
+    def alpha_sigma(self, t: Tensor, like: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(alpha_t, sigma_t); with ``like`` given, in its dtype and shaped to broadcast against it."""
+        th = self.theta(torch.as_tensor(t))
+        alpha, sigma = torch.cos(th), torch.sin(th)
+        if like is not None:
+            shape = (-1,) + (1,) * (like.dim() - 1) if alpha.dim() else ()
+            alpha, sigma = (a.to(like.dtype).reshape(shape) for a in (alpha, sigma))
+        return alpha, sigma
+
+
+def diffuse(schedule: CosineSchedule, x: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """Noisy ``z_t`` and the v-target for clean ``x`` (B, ...), per-item times ``t`` (B,) and ``noise``."""
+    alpha, sigma = schedule.alpha_sigma(t, like=x)
+    return alpha * x + sigma * noise, alpha * noise - sigma * x
+
+
+def predict_x_eps(schedule: CosineSchedule, z: Tensor, v: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(x_hat, eps_hat) from a v prediction at times ``t`` (scalar or (B,))."""
+    alpha, sigma = schedule.alpha_sigma(t, like=z)
+    return alpha * z - sigma * v, sigma * z + alpha * v
+
+
+def v_loss(model_fn: ModelFn, schedule: CosineSchedule, x: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """Per-item v-MSE ``mean((v_hat - v)^2)`` over all but the batch dimension -> (B,)."""
+    z, v = diffuse(schedule, x, t, noise)
+    err = (model_fn(z, t).float() - v.float()) ** 2
+    return err.flatten(1).mean(dim=1)
+
+
+def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..., Tensor], layers: Tensor,
+                    voxels: Tensor, cond: Tensor, schedule: CosineSchedule,
+                    generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """v-losses of both networks on one preprocessed batch (see :class:`pipeline.preprocessing.Preprocessed`).
+
+    Each network gets its own uniform times and Gaussian noise (from ``generator`` when given, which
+    must live on the batch's device). The voxel network is conditioned on the true layer energies.
+    Returns ``{"loss": layer + voxel, "layer": ..., "voxel": ...}`` (batch means).
+    """
+    b, dev = layers.shape[0], layers.device
+    t_layer = torch.rand(b, device=dev, generator=generator)
+    t_voxel = torch.rand(b, device=dev, generator=generator)
+    n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
+    n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
+    layer = v_loss(lambda z, t: layer_model(z, t, cond), schedule, layers, t_layer, n_layer).mean()
+    voxel = v_loss(lambda z, t: voxel_model(z, t, cond, layers), schedule, voxels, t_voxel, n_voxel).mean()
+    return {"loss": layer + voxel, "layer": layer, "voxel": voxel}

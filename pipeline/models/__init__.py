@@ -1,0 +1,32 @@
+"""Networks of the two-stage shower diffusion: :class:`LayerEnergyNet` (layer energies) and
+:class:`VoxelUNet` (voxels given layer energies), sized by the presets in :mod:`.presets`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.geometry import Geometry
+from pipeline.models.layer_net import LayerEnergyNet
+from pipeline.models.presets import PRESETS, LayerNetSpec, Preset, UNetSpec
+from pipeline.models.unet import VoxelUNet
+
+__all__ = ["LayerEnergyNet", "VoxelUNet", "PRESETS", "Preset", "UNetSpec", "LayerNetSpec", "build_models",
+           "count_parameters"]
+
+
+def build_models(cfg: ModelConfig, geometry: Geometry) -> tuple[LayerEnergyNet, VoxelUNet]:
+    """The layer-energy network and the voxel U-Net for a regular (L, A, R) geometry."""
+    if not geometry.is_regular:
+        raise ValueError(f"geometry {geometry.name} is not regular (L, A, R); the U-Net needs ds2/ds3-like binning")
+    preset = PRESETS[cfg.preset]
+    shape = geometry.shape
+    layer_net = LayerEnergyNet(shape[0], preset.layer_net, dropout=cfg.dropout)
+    unet = VoxelUNet(shape, preset.unet, dropout=cfg.dropout, angle_downsample=cfg.angle_downsample,  # type: ignore[arg-type]
+                     checkpointing=cfg.checkpointing)
+    return layer_net, unet
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,145 @@
+"""Building blocks of the voxel U-Net over (layer, angle, radius) and of the layer-energy network.
+
+Every convolution pads the angle circularly (the cylinder has no seam) and layers/radius with zeros.
+No block has a parameter or a position encoding that depends on the angular index, so every block
+commutes with ``torch.roll`` along the angle, except the stride-2 angular downsampling, which commutes
+with rolls by even shifts (and maps them to half the shift).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Size3 = tuple[int, int, int]
+
+
+def fourier_features(x: Tensor, dim: int, max_freq: float = 1000.0) -> Tensor:
+    """``(B,)`` scalars -> ``(B, dim)`` sin/cos features at log-spaced frequencies ``pi * [1, max_freq]``."""
+    half = dim // 2
+    dtype = torch.promote_types(x.dtype, torch.float32)  # at least float32, even under bf16
+    freqs = torch.exp(torch.linspace(0.0, math.log(max_freq), half, device=x.device, dtype=dtype)) * math.pi
+    arg = x.to(dtype).reshape(-1, 1) * freqs
+    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
+
+
+class ScalarEmbedding(nn.Module):
+    """Fourier features of a scalar (diffusion time, standardised log energy) through a small MLP."""
+
+    def __init__(self, emb_dim: int, max_freq: float = 1000.0, n_features: int = 64) -> None:
+        super().__init__()
+        self.n_features, self.max_freq = n_features, max_freq
+        self.mlp = nn.Sequential(nn.Linear(n_features, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = fourier_features(x, self.n_features, self.max_freq)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups of at least 4 channels (per sample: batch-size independent)."""
+    groups = max(1, min(32, channels // 4))
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels, eps=1e-5)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class CylConv3d(nn.Module):
+    """3D convolution on ``(B, C, L, A, R)``: circular padding along A, zero padding along L and R."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: Size3 = (1, 1, 1)) -> None:
+        super().__init__()
+        self.pad = kernel // 2
+        self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(self.pad, 0, self.pad))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.pad:
+            x = torch.cat([x[:, :, :, -self.pad:], x, x[:, :, :, : self.pad]], dim=3)
+        return self.conv(x)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with FiLM (adaptive scale/shift from the embedding) after the 2nd norm."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(cin), CylConv3d(cin, cout)
+        self.film = nn.Linear(emb_dim, 2 * cout)
+        self.norm2, self.drop = group_norm(cout), nn.Dropout(dropout)
+        self.conv2 = zero_init(CylConv3d(cout, cout))
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(self.drop(F.silu(h)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention + MLP over all (L, A, R) positions with adaLN-Zero conditioning (DiT).
+
+    No position encoding: the features carry position from the convolutions (zero padding along
+    L and R and the coordinate input channels), so attention stays equivariant to angular rolls.
+    """
+
+    def __init__(self, channels: int, head_dim: int, emb_dim: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        if channels % head_dim:
+            raise ValueError(f"{channels} channels do not split into heads of {head_dim}")
+        self.heads = channels // head_dim
+        self.norm1 = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
+        self.qkv, self.proj = nn.Linear(channels, 3 * channels), nn.Linear(channels, channels)
+        self.norm2 = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(channels, mlp_ratio * channels), nn.GELU(approximate="tanh"),
+                                 nn.Dropout(dropout), nn.Linear(mlp_ratio * channels, channels))
+        self.modulation = zero_init(nn.Linear(emb_dim, 6 * channels))
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        b, c, *spatial = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        n = tokens.shape[1]
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(emb)[:, None].chunk(6, dim=-1)
+        h = self.norm1(tokens) * (1 + scale1) + shift1
+        q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        tokens = tokens + gate1 * self.proj(attn)
+        tokens = tokens + gate2 * self.mlp(self.norm2(tokens) * (1 + scale2) + shift2)
+        return tokens.transpose(1, 2).reshape(b, c, *spatial)
+
+
+class Downsample(nn.Module):
+    """Stride-2 convolution along the chosen axes; a size n becomes ceil(n / 2)."""
+
+    def __init__(self, cin: int, cout: int, stride: Size3) -> None:
+        super().__init__()
+        self.conv = CylConv3d(cin, cout, stride=stride)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour repeat by the matching stride, cropped to the finer level's size, then a conv.
+
+    Fine index i reads coarse index i // 2, the inverse of the downsampling's centre map 2j -> j.
+    """
+
+    def __init__(self, channels: int, factor: Size3) -> None:
+        super().__init__()
+        self.factor = factor
+        self.conv = CylConv3d(channels, channels)
+
+    def forward(self, x: Tensor, size: Size3) -> Tensor:
+        if max(self.factor) > 1:
+            x = F.interpolate(x, scale_factor=tuple(float(f) for f in self.factor), mode="nearest")
+        return self.conv(x[:, :, : size[0], : size[1], : size[2]])

@@ -1,0 +1,134 @@
+"""Networks: shapes for ds2/ds3, odd sizes, preset sizes, angular equivariance, checkpointing, info."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import randomize_zero_init
+from pipeline import cli, info
+from pipeline.config import ModelConfig, load_config
+from pipeline.config_loader import ConfigError
+from pipeline.geometry import load_geometry
+from pipeline.models import PRESETS, LayerEnergyNet, VoxelUNet, build_models, count_parameters
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def inputs(shape: tuple[int, ...], b: int = 2, dtype: torch.dtype = torch.float32, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, *shape, generator=gen, dtype=dtype), torch.rand(b, generator=gen, dtype=dtype),
+            torch.randn(b, generator=gen, dtype=dtype), torch.randn(b, shape[0], generator=gen, dtype=dtype))
+
+
+@pytest.mark.parametrize("geometry", ["ds2", "ds3"])
+def test_tiny_shapes(geometry):
+    torch.manual_seed(0)
+    shape = load_geometry(geometry).shape
+    layer_net, unet = build_models(ModelConfig(preset="tiny"), load_geometry(geometry))
+    x, t, cond, layers = inputs(shape)
+    with torch.no_grad():
+        assert layer_net(layers, t, cond).shape == (2, shape[0])
+        assert unet(x, t, cond, layers).shape == (2, *shape)
+        assert randomize_zero_init(unet)(x, t, cond, layers).abs().mean() > 0
+
+
+def test_odd_sizes_and_bad_input():
+    torch.manual_seed(0)
+    unet = VoxelUNet((7, 6, 5), PRESETS["tiny"].unet, angle_downsample=3)
+    assert unet.sizes == [(7, 6, 5), (4, 3, 3), (2, 3, 2)] and unet.angle_factor == 2
+    x, t, cond, layers = inputs((7, 6, 5))
+    assert unet(x, t, cond, layers).shape == (2, 7, 6, 5)
+    with pytest.raises(ValueError, match="does not match"):
+        unet(x[:, :, :4], t, cond, layers)
+    with pytest.raises(ValueError, match="not regular"):
+        build_models(ModelConfig(), load_geometry("ds1-pions"))
+
+
+def test_preset_sizes():
+    counts = {}
+    for name in PRESETS:
+        with torch.device("meta"):
+            layer_net, unet = build_models(ModelConfig(preset=name), load_geometry("ds3"))
+        counts[name] = count_parameters(layer_net) + count_parameters(unet)
+    assert counts["tiny"] < 1_000_000
+    assert 10e6 < counts["base"] < 20e6
+    assert counts["large"] >= 100e6
+
+
+@pytest.mark.parametrize("geometry,angle_downsample,shifts", [("ds3", 1, [2, -4]), ("ds2", 0, [1, 6])])
+def test_angular_roll_equivariance(geometry, angle_downsample, shifts):
+    """Exact up to float rounding for shifts that are multiples of the total angular downsampling factor."""
+    torch.manual_seed(1)
+    shape = load_geometry(geometry).shape
+    unet = randomize_zero_init(VoxelUNet(shape, PRESETS["tiny"].unet, angle_downsample=angle_downsample))
+    assert unet.angle_factor == 2 ** angle_downsample
+    x, t, cond, layers = inputs(shape, b=1)
+    with torch.no_grad():
+        y = unet(x, t, cond, layers)
+        scale = float(y.abs().max())
+        for k in shifts:
+            torch.testing.assert_close(unet(torch.roll(x, k, dims=2), t, cond, layers), torch.roll(y, k, dims=2),
+                                       rtol=1e-4, atol=1e-5 * scale)
+        if angle_downsample:  # an odd shift does not commute with the stride-2 angular downsampling
+            diff = unet(torch.roll(x, 1, dims=2), t, cond, layers) - torch.roll(y, 1, dims=2)
+            assert diff.abs().max() > 1e-2 * scale
+
+
+def test_activation_checkpointing_gives_same_gradients():
+    shape = (9, 8, 5)
+    torch.manual_seed(0)
+    plain = randomize_zero_init(VoxelUNet(shape, PRESETS["tiny"].unet))
+    ckpt = VoxelUNet(shape, PRESETS["tiny"].unet, checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x, t, cond, layers = inputs(shape)
+    grads = []
+    for model in (plain, ckpt):
+        model.train()
+        model(x, t, cond, layers).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_layer_net_rejects_wrong_width():
+    net = LayerEnergyNet(45, PRESETS["tiny"].layer_net)
+    with pytest.raises(ValueError, match="45 layers"):
+        net(torch.zeros(2, 44), torch.zeros(2), torch.zeros(2))
+
+
+def test_info_counts_parameters_and_flops(capsys):
+    cfg = load_config(CONFIGS / "smoke.yaml")
+    result = info.model_info(cfg)
+    layer_net, unet = build_models(cfg.model, load_geometry(cfg.data.geometry))
+    assert result["voxel_unet"]["parameters"] == count_parameters(unet)
+    assert result["layer_net"]["parameters"] == count_parameters(layer_net)
+    # the full-resolution convolutions alone: stem (4->8 channels) and output (8->1), 2 FLOPs per MAC
+    assert result["voxel_unet"]["flops"] > 2 * 27 * (4 * 8 + 8) * 40500
+    assert 0 < result["layer_net"]["flops"] < result["voxel_unet"]["flops"]
+    assert cli.COMMANDS["info"] == "pipeline.info"
+    assert info.main(["--config", str(CONFIGS / "ds2.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "preset base, geometry ds2" in out and "GFLOP per shower" in out
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.preset=huge", "model.preset: expected one of ['tiny', 'base', 'large']"),
+    ("model.dropout=1.5", "model.dropout: must be in [0, 1)"),
+    ("model.angle_downsample=-1", "model.angle_downsample: must be >= 0"),
+    ("diffusion.sample_steps=0", "diffusion.sample_steps: must be >= 1"),
+    ("diffusion.logsnr_min=30", "diffusion.logsnr_min: must be below logsnr_max"),
+    ("diffusion.eta=2", "diffusion.eta: must be in [0, 1]"),
+])
+def test_model_and_diffusion_config_errors(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "smoke.yaml", [override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name,preset", [("smoke", "tiny"), ("ds2", "base"), ("ds3", "large")])
+def test_shipped_configs_choose_presets(name, preset):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.model.preset == preset and cfg.diffusion.sample_steps >= 1
