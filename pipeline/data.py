@@ -14,10 +14,12 @@ rows in place each epoch; for datasets that fit.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Generator, Iterator, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from torch.utils.data import IterableDataset
 from pipeline.store import ShowerStore
 
 Batch = dict[str, torch.Tensor]
+T = TypeVar("T")
 
 
 class StreamError(ValueError):
@@ -136,16 +139,11 @@ class ShowerStream(IterableDataset):
         window_rows = np.cumsum([0] + [sum(self._chunk_rows(c) for c in w) for w in windows])
         skip = start_batch * self.batch_size
         first = int(np.searchsorted(window_rows, skip, side="right") - 1)
-        skip -= int(window_rows[first])
         energies = self.store.energies
         pending: list[tuple[np.ndarray, np.ndarray]] = []  # (showers, global index) rows not yet batched
         n_pending, batch_no = 0, start_batch
-        for w, (showers, index) in enumerate(self._read_windows(windows[first:]), start=first):
-            if self.shuffle:
-                perm = np.random.default_rng([self.seed, epoch, self.rank, w, 0xB0F]).permutation(len(index))
-                showers, index = showers[perm], index[perm]
-            if skip:
-                showers, index, skip = showers[skip:], index[skip:], 0
+        shuffled = _in_background(lambda: self._shuffled_windows(epoch, windows, first, skip - int(window_rows[first])))
+        for showers, index in shuffled:
             pending.append((showers, index))
             n_pending += len(index)
             while n_pending >= self.batch_size and batch_no < self.batches_per_epoch:
@@ -154,7 +152,19 @@ class ShowerStream(IterableDataset):
                 yield self._to_batch(showers_b, index_b, energies)
                 batch_no += 1
             if batch_no == self.batches_per_epoch:
+                shuffled.close()
                 return
+
+    def _shuffled_windows(self, epoch: int, windows: list[list[int]], first: int,
+                          skip: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Windows ``first..`` with their rows permuted by (seed, epoch, rank, window); the first ``skip`` rows dropped."""
+        for w, (showers, index) in enumerate(self._read_windows(windows[first:]), start=first):
+            if self.shuffle:
+                perm = np.random.default_rng([self.seed, epoch, self.rank, w, 0xB0F]).permutation(len(index))
+                showers, index = showers[perm], index[perm]
+            if skip:
+                showers, index, skip = showers[skip:], index[skip:], 0
+            yield showers, index
 
     def _read_windows(self, windows: list[list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Concatenated chunks of each window, read ahead by a thread pool in order."""
@@ -200,6 +210,57 @@ class ShowerStream(IterableDataset):
         energies = self.store.energies[index]
         return (torch.from_numpy(showers).to(self.device), torch.from_numpy(energies).to(self.device),
                 torch.from_numpy(index.astype(np.int64)).to(self.device))
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _in_background(make: Callable[[], Iterator[T]], depth: int = 1) -> Generator[T, None, None]:
+    """Run the iterator ``make()`` in a thread, ``depth`` items ahead of the consumer.
+
+    Closing the returned generator stops the thread (and closes the iterator) promptly.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop, done = threading.Event(), object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        it = make()
+        try:
+            for item in it:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(_Failure(err))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="shower-windows", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _take(pending: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,10 +42,10 @@ class StoreError(ValueError):
 class StoreLayout:
     """Chunking and compression of the showers array (defaults chosen by benchmarks/store_layout.py)."""
 
-    chunk_rows: int = 16
+    chunk_rows: int = 32
     shard_rows: int = 512
-    codec: Codec = "blosc-zstd-bitshuffle"
-    level: int = 3
+    codec: Codec = "zstd"
+    level: int = 1
 
     def check(self, path: str = "store") -> None:
         from pipeline.config_loader import ConfigError
