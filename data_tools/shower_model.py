@@ -42,7 +42,7 @@ class ShowerParams:
 
     Defaults are the spec's (section 3.1) except four recalibrated against the Geant4 voxel-logit
     moments and <E_tot/E_inc> (section 4.1): e_spot_mev 3.5 -> 5.9, resp 0.80 -> 0.806 and the new
-    core_scale / tail_scale on the GP radii (1 in the spec). See docs/benchmarks_simulate.md.
+    core_scale / tail_scale on the GP radii (1 in the spec). See docs/benchmarks.md (simulator calibration).
     """
 
     x0_mm: float = 4.221  #: effective radiation length of the W/Si stack
