@@ -13,6 +13,8 @@ $(STAMP): requirements-cpu.txt setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-cpu.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	# DeepSpeed JIT-compiles its CPU shared-memory allreduce op on first use (~80 s); build it once here
+	$(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 	touch $@
 
 venv: $(STAMP)
@@ -26,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/store_benchmark.py
 	$(BIN)/python benchmarks/simulate_speed.py
+	$(BIN)/python benchmarks/train_throughput.py
 
 clean-runs:
 	rm -rf runs/smoke

@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "plot-showers": "data_tools.plot_showers",
     "demo": "pipeline.demo",
     "info": "pipeline.info",
+    "train": "pipeline.train",
 }
 
 

@@ -105,6 +105,50 @@ class DiffusionConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Optimisation, checkpointing and logging of ``pipeline.train`` (steps are optimiser steps)."""
+
+    max_steps: int = 100_000  # length of the run and of the cosine schedule (``--max-steps`` overrides it)
+    lr: float = 2e-4  # peak learning rate (AdamW)
+    warmup_steps: int = 1000  # linear warm-up from lr / warmup_steps to lr
+    min_lr_ratio: float = 0.05  # cosine decay from lr to lr * min_lr_ratio at max_steps
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.01  # decoupled; matrices and convolution kernels only
+    grad_clip: float = 1.0  # global gradient-norm clipping; 0 disables it
+    grad_accum: int = 1  # micro-batches per optimiser step (global batch = data.batch_size * grad_accum)
+    zero_stage: Literal[1, 2] = 2  # DeepSpeed ZeRO stage
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    ema_decay: float = 0.9999  # EMA of the weights (fp32), once per optimiser step, warmed up as (1+n)/(10+n)
+    checkpoint_every_steps: int = 1000  # 0: off
+    checkpoint_every_minutes: float = 30.0  # 0: off
+    keep_checkpoints: int = 2  # newest checkpoints kept in <run.dir>/checkpoints
+    val_every_steps: int = 1000  # validation loss on the store's validation split; 0: off
+    val_batches: int = 16  # per rank, per validation
+    log_every_steps: int = 50  # CSV / TensorBoard rows (averaged over the interval)
+    init_from: Optional[str] = None  # checkpoint tag directory to take weights and EMA from (fresh optimiser)
+
+    def check(self, path: str) -> None:
+        for name in ("max_steps", "grad_accum", "keep_checkpoints", "val_batches", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "checkpoint_every_steps", "val_every_steps", "weight_decay", "grad_clip",
+                     "checkpoint_every_minutes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"{path}.lr: must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"{path}.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{path}.betas: expected two numbers in [0, 1), got {list(self.betas)}")
+        if not self.eps > 0:
+            raise ConfigError(f"{path}.eps: must be > 0, got {self.eps}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"{path}.ema_decay: must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
 class Config:
     """The whole pipeline's configuration."""
 
@@ -112,6 +156,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def per_rank_batch(self, world_size: int) -> int:
         """Per-rank batch size; the global batch must split evenly over the ranks."""

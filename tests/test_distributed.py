@@ -1,0 +1,250 @@
+"""pipeline.distributed: rank discovery from each launcher (faked), node lists, and real 2-rank training
+under mpirun and under SLURM variables as srun sets them."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from pipeline import distributed
+from pipeline.distributed import DistributedError, discover, export, parse_nodelist, port_from_job_id, tasks_on_node
+from test_train import LAUNCH_PREFIXES, LAUNCH_VARIABLES, clean_env, read_done, run_group, run_train, store, \
+    train_cmd, write_config  # noqa: F401  (store is a fixture)
+
+
+@pytest.fixture
+def bare_env(monkeypatch):
+    """os.environ without any launcher's variables."""
+    for key in list(os.environ):
+        if key in LAUNCH_VARIABLES or key.startswith(LAUNCH_PREFIXES):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+# ------------------------------------------------------------------ node lists
+@pytest.mark.parametrize("nodelist, hosts", [
+    ("localhost", ["localhost"]),
+    ("node[01-03,07]", ["node01", "node02", "node03", "node07"]),
+    ("gpu-a[1-2]-ib,login1", ["gpu-a1-ib", "gpu-a2-ib", "login1"]),
+    ("rack[1-2]-n[08-09]", ["rack1-n08", "rack1-n09", "rack2-n08", "rack2-n09"]),
+    ("nid[009-011],nid100", ["nid009", "nid010", "nid011", "nid100"]),
+])
+def test_parse_nodelist(nodelist, hosts):
+    assert parse_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("bad", ["node[01-", "node]1[", "n[3-1]", "n[a-b]", ""])
+def test_parse_nodelist_rejects_malformed_lists(bad):
+    with pytest.raises(DistributedError):
+        parse_nodelist(bad)
+
+
+def test_tasks_per_node_and_port():
+    assert tasks_on_node("2(x3),1", 0) == 2 and tasks_on_node("2(x3),1", 3) == 1 and tasks_on_node("4", 0) == 4
+    assert port_from_job_id("123.0") == port_from_job_id("123.0") != port_from_job_id("124.0")
+    assert 20000 <= port_from_job_id("123.0") < 40000
+
+
+# ------------------------------------------------------------------ sources
+def test_single_process_without_launcher(bare_env):
+    env = discover()
+    assert (env.rank, env.local_rank, env.world_size, env.source) == (0, 0, 1, "single")
+    assert env.master_addr == "127.0.0.1" and 0 < env.master_port < 65536
+
+
+def test_torchrun_environment(bare_env):
+    bare_env.setenv("RANK", "3")
+    bare_env.setenv("WORLD_SIZE", "8")
+    bare_env.setenv("LOCAL_RANK", "1")
+    bare_env.setenv("LOCAL_WORLD_SIZE", "2")
+    bare_env.setenv("MASTER_ADDR", "node01")
+    bare_env.setenv("MASTER_PORT", "29400")
+    bare_env.setenv("SLURM_PROCID", "0")  # torchrun inside a SLURM step: torchrun's variables win
+    env = discover()
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == (3, 1, 8, 2)
+    assert (env.master_addr, env.master_port, env.source) == ("node01", 29400, "torchrun")
+
+
+@pytest.mark.parametrize("present", [("RANK",), ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+                                     ("LOCAL_RANK", "MASTER_PORT")])
+def test_partial_torchrun_environment_is_an_error(bare_env, present):
+    for key in present:
+        bare_env.setenv(key, "0")
+    with pytest.raises(DistributedError, match="incomplete torch.distributed environment"):
+        discover()
+
+
+def test_impossible_ranks_are_an_error(bare_env):
+    for key, value in dict(RANK="2", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="a", MASTER_PORT="1").items():
+        bare_env.setenv(key, value)
+    with pytest.raises(DistributedError, match="impossible rank 2"):
+        discover()
+
+
+def _slurm(env, **extra):
+    values = dict(SLURM_PROCID="5", SLURM_NTASKS="8", SLURM_LOCALID="1", SLURM_JOB_ID="777",
+                  SLURM_STEP_NODELIST="gpu[03-06]", SLURM_STEP_TASKS_PER_NODE="2(x4)", SLURM_NODEID="2")
+    values.update(extra)
+    for key, value in values.items():
+        if value is None:
+            env.delenv(key, raising=False)
+        else:
+            env.setenv(key, value)
+
+
+def test_slurm_srun_environment(bare_env):
+    _slurm(bare_env)
+    env = discover()
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size) == (5, 1, 8, 2)
+    assert (env.master_addr, env.master_port, env.source) == ("gpu03", port_from_job_id("777.0"), "slurm")
+
+
+def test_slurm_job_nodelist_fallback_and_master_override(bare_env):
+    _slurm(bare_env, SLURM_PROCID="3", SLURM_STEP_NODELIST=None, SLURM_JOB_NODELIST="cn[10-11]", SLURM_STEP_NUM_TASKS="4",
+           SLURM_STEP_TASKS_PER_NODE=None)
+    bare_env.setenv("MASTER_PORT", "31000")
+    env = discover()
+    assert (env.world_size, env.master_addr, env.master_port) == (4, "cn10", 31000)
+
+
+def test_partial_slurm_environment_is_an_error(bare_env):
+    _slurm(bare_env, SLURM_LOCALID=None)
+    with pytest.raises(DistributedError, match="incomplete SLURM task environment.*SLURM_LOCALID"):
+        discover()
+    _slurm(bare_env, SLURM_STEP_NODELIST=None)
+    with pytest.raises(DistributedError, match="NODELIST"):
+        discover()
+
+
+def test_slurm_variables_inherited_by_mpirun_are_ignored(bare_env):
+    _slurm(bare_env, SLURM_PROCID="0")  # e.g. srun-started hydra proxies; mpirun made this MPI rank 1
+    bare_env.setenv("PMI_RANK", "1")
+    assert distributed._from_slurm() is None
+    bare_env.setenv("PMI_RANK", "0")  # MPI rank 0 of a world of 16, SLURM says 8 tasks
+    bare_env.setenv("PMI_SIZE", "16")
+    assert distributed._from_slurm() is None
+    bare_env.setenv("PMI_SIZE", "8")  # srun --mpi=pmi2: both agree
+    assert distributed._from_slurm().rank == 0
+
+
+def test_batch_script_without_srun_is_a_single_process(bare_env):
+    for key, value in dict(SLURM_PROCID="0", SLURM_NTASKS="8", SLURM_LOCALID="0", SLURM_JOB_ID="9",
+                           SLURM_JOB_NODELIST="gpu[01-02]").items():
+        bare_env.setenv(key, value)
+    assert discover().source == "single"
+
+
+def test_submitit_environment(bare_env):
+    for key, value in dict(SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_JOB_ID="4242", SUBMITIT_LOCAL_NTASKS="2",
+                           SUBMITIT_LOCAL_GLOBALID="1", SUBMITIT_LOCAL_LOCALID="1",
+                           SUBMITIT_LOCAL_JOB_NUM_NODES="1").items():
+        bare_env.setenv(key, value)
+    env = discover()
+    assert (env.rank, env.local_rank, env.world_size, env.source) == (1, 1, 2, "submitit")
+    assert (env.master_addr, env.master_port) == ("127.0.0.1", port_from_job_id("4242"))
+
+
+class _FakeComm:
+    """Rank 1 of 2 on one node; rank 0 'broadcasts' its address and port."""
+
+    def __init__(self, rank=1, size=2):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def Split_type(self, split, key):
+        return _FakeComm(self.rank, self.size)
+
+    def Free(self):
+        pass
+
+    def Bcast(self, buf, root):
+        payload = np.frombuffer(b"127.0.0.1 29999", dtype=np.uint8)
+        buf[:] = 0
+        buf[: len(payload)] = payload
+
+
+def test_mpi_environment(bare_env):
+    bare_env.setenv("PMI_RANK", "1")
+    bare_env.setenv("PMI_SIZE", "2")
+    bare_env.setattr("pipeline.mpi_comm.world_comm", lambda: _FakeComm())
+    bare_env.setattr("pipeline.distributed._shared_memory_split", lambda: 0)
+    env = discover()
+    assert (env.rank, env.local_rank, env.world_size, env.local_world_size, env.source) == (1, 1, 2, 2, "mpi")
+    assert (env.master_addr, env.master_port) == ("127.0.0.1", 29999)
+
+
+def test_export_sets_all_rendezvous_variables(bare_env):
+    export(distributed.DistEnv(1, 0, 2, "hostA", 12345, "slurm", 1))
+    assert {k: os.environ[k] for k in distributed.RENDEZVOUS} == {
+        "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "hostA", "MASTER_PORT": "12345"}
+
+
+# ------------------------------------------------------------------ real launches
+def _mpirun() -> str | None:
+    local = Path(sys.executable).with_name("mpirun")
+    return str(local) if local.exists() else shutil.which("mpirun")
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_mpirun_two_ranks_zero1_and_resume_with_other_world_size(tmp_path, store):
+    mpirun = _mpirun()
+    if mpirun is None:
+        pytest.skip("mpirun not found")
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=4, zero_stage=1, val_every_steps=0)
+    result = run_group([mpirun, "-n", "2", *train_cmd(cfg)], timeout=180, env=clean_env(OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    done = read_done(run)
+    assert (done["launcher"], done["world_size"], done["zero_stage"], done["ranks_agree"]) == ("mpi", 2, 1, True)
+    # one rank cannot resume a two-rank ZeRO checkpoint: a clear error saying what to do instead
+    again = run_train(cfg, "--max-steps", "6")
+    assert again.returncode == 2, again.stderr[-4000:]
+    assert "written by 2 ranks but this run has 1" in again.stderr and "train.init_from=" in again.stderr
+    # ... and that advice works: weights and EMA of the 2-rank run, fresh optimiser, one rank
+    fresh = run_train(cfg, "--max-steps", "2", "--set", f"run.dir={tmp_path / 'fresh'}",
+                      "--set", f"train.init_from={run}")
+    assert fresh.returncode == 0, fresh.stderr[-4000:]
+    assert read_done(tmp_path / "fresh")["step"] == 2
+
+
+@pytest.mark.slow
+def test_srun_style_slurm_variables_two_ranks(tmp_path, store):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=4, val_every_steps=2, val_batches=1, grad_accum=2,
+                       checkpoint_every_steps=0, checkpoint_every_minutes=1e-5)  # time-based: every step
+    job = str(random.randrange(10**6, 10**7))
+    procs = [subprocess.Popen(train_cmd(cfg), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=clean_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
+                                            SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID=job, SLURM_NODEID="0",
+                                            OMP_NUM_THREADS="1"))
+             for r in range(2)]
+    try:
+        outputs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    done = read_done(run)
+    assert (done["launcher"], done["world_size"], done["ranks_agree"]) == ("slurm", 2, True)
+    state = json.loads((Path(done["checkpoint"]) / "rank_1.json").read_text())
+    assert state["stream"]["rank"] == 1 and state["stream"]["world_size"] == 2
+    assert state["stream"]["batch"] == 8 and done["samples"] == 4 * 2 * 4  # 2 micro-batches of 2 per rank and step
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert saved == ["step_00000003", "step_00000004"]  # one per step by time, the newest 2 kept

@@ -1,0 +1,350 @@
+"""pipeline.train: config checks, schedule, EMA, checkpoints, and real runs (one process and torchrun -n 2).
+
+Runs use the tiny preset on a small stand-in ds2 store (45 x 16 x 9 voxels) so that a training step takes
+a fraction of a second on CPU. Helpers here are also used by tests/test_distributed.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from pipeline.checkpoint import LATEST, Checkpointer, CheckpointError, step_of, tag_for
+from pipeline.config import load_config
+from pipeline.config_loader import ConfigError
+from pipeline.data import StreamError
+from pipeline.ema import EMA, export_ema, load_ema_weights, load_tensors, save_tensors
+from pipeline.engine import lr_factor
+from pipeline.store import StoreError
+from pipeline.train import EXIT_CONFIG, EXIT_NONFINITE, EXIT_REQUEUE, parse_duration, preflight, read_done
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "SUBMITIT_", "MPI_LOCAL", "HYDRA_")
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test environment without any launcher's variables (tests may run inside a SLURM job)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in LAUNCH_VARIABLES and not k.startswith(LAUNCH_PREFIXES)}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """320 stand-in ds2 showers in chunks of 16: 16 training and 4 validation chunks."""
+    from data_tools.convert import convert
+    from data_tools.simulate import simulate_file
+    from pipeline.store import StoreLayout
+
+    d = tmp_path_factory.mktemp("train_store")
+    simulate_file(d / "standin.hdf5", "ds2", 320, seed=1, workers=1)
+    return convert([d / "standin.hdf5"], d / "store.zarr", "ds2", layout=StoreLayout(16, 64),
+                   validation_fraction=0.2, progress=False)
+
+
+def write_config(path: Path, store: Path, run_dir: Path, **train) -> Path:
+    """A tiny training config for ``store``; ``train`` overrides the train section."""
+    cfg = {
+        "run": {"dir": str(run_dir), "seed": 7},
+        "data": {"geometry": "ds2", "inputs": ["unused.hdf5"], "store": str(store), "batch_size": 4,
+                 "shuffle_chunks": 4, "num_workers": 1, "prefetch_chunks": 4},
+        "model": {"preset": "tiny"},
+        "train": {"max_steps": 10, "lr": 1e-3, "warmup_steps": 2, "checkpoint_every_steps": 2,
+                  "checkpoint_every_minutes": 0, "val_every_steps": 5, "val_batches": 2, "log_every_steps": 1,
+                  "ema_decay": 0.99, **train},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.train", "--config", str(config), *args]
+
+
+def run_train(config: Path, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+    return run_group(train_cmd(config, *args), timeout=timeout, env=clean_env(**env))
+
+
+def run_group(cmd: list[str], timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session; on time-out kill the whole group (launchers leave workers behind)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def started(config: Path, stderr=subprocess.DEVNULL, **env: str):
+    """A training process in the background, killed on exit if still running."""
+    proc = subprocess.Popen(train_cmd(config), cwd=REPO, env=clean_env(**env), stdout=subprocess.DEVNULL,
+                            stderr=stderr, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def metrics(run_dir: Path, kind: str = "train") -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "metrics.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r["kind"] == kind]
+
+
+def final_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trained weights of the last checkpoint, EMA export) of a finished run, loaded weights-only."""
+    done = read_done(run_dir)
+    assert done is not None
+    model = torch.load(Path(done["checkpoint"]) / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    ema, _ = load_ema_weights(done["ema"])
+    return model, {f"{net}.{k}": v for net, sd in ema.items() for k, v in sd.items()}
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"training exited ({proc.returncode}) before the expected point"
+        assert time.time() < deadline, "timed out waiting for training"
+        time.sleep(0.02)
+
+
+def latest_step(run_dir: Path) -> int:
+    path = run_dir / "checkpoints" / LATEST
+    return step_of(path.read_text().strip()) if path.is_file() else -1
+
+
+# ------------------------------------------------------------------ fast tests
+def test_train_config_defaults_and_errors(tmp_path):
+    cfg = load_config(REPO / "configs" / "ds3.yaml")
+    assert cfg.train.zero_stage in (1, 2) and cfg.train.max_steps > cfg.train.warmup_steps
+    load_config(REPO / "configs" / "smoke.yaml")
+    load_config(REPO / "configs" / "ds2.yaml")
+    for override, key in [("train.zero_stage=3", "train.zero_stage"), ("train.precision=fp16", "train.precision"),
+                          ("train.lr=0", "train.lr"), ("train.betas=[0.9]", "train.betas"),
+                          ("train.grad_accum=0", "train.grad_accum"), ("train.ema_decay=1.0", "train.ema_decay"),
+                          ("train.bogus=1", "train.bogus")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(REPO / "configs" / "smoke.yaml", [override])
+
+
+def test_preflight_catches_mistakes_before_any_process_group(tmp_path, store):
+    cfg_path = write_config(tmp_path / "c.yaml", store, tmp_path / "run")
+    preflight(load_config(cfg_path), 2)
+    with pytest.raises(ConfigError, match=r"data\.batch_size: 4 does not divide evenly over 3 ranks"):
+        preflight(load_config(cfg_path), 3)
+    with pytest.raises(StoreError, match="not a zarr store"):
+        preflight(load_config(cfg_path, [f"data.store={tmp_path / 'missing.zarr'}"]), 1)
+    with pytest.raises(ConfigError, match=r"data\.geometry: the config says ds3 but .* holds ds2"):
+        preflight(load_config(cfg_path, ["data.geometry=ds3"]), 1)
+    with pytest.raises(StreamError, match="needs at least"):  # 4 validation chunks cannot feed 8 ranks
+        preflight(load_config(cfg_path, ["data.batch_size=8"]), 8)
+    with pytest.raises(CheckpointError, match="init_from"):
+        preflight(load_config(cfg_path, [f"train.init_from={tmp_path}"]), 1)
+    # the command line reports it with exit code 2, before DeepSpeed starts anything
+    result = run_train(cfg_path, "--set", f"data.store={tmp_path / 'missing.zarr'}", timeout=60)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "train: error:" in result.stderr and "not a zarr store" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    bad = run_train(cfg_path, "--time-limit", "soon", timeout=60)
+    assert bad.returncode == EXIT_CONFIG and "--time-limit" in bad.stderr
+
+
+def test_parse_duration():
+    assert parse_duration("90") == 90 and parse_duration("90s") == 90 and parse_duration("30m") == 1800
+    assert parse_duration("1.5h") == 5400 and parse_duration("3:55:00") == 14100
+    assert parse_duration("05:30") == 330 and parse_duration("1-00:00:00") == 86400
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    t = load_config(None, ["data.inputs=[x]", "train.max_steps=100", "train.warmup_steps=10",
+                           "train.min_lr_ratio=0.1"]).train
+    factors = [lr_factor(s, t) for s in range(120)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert factors[55] == pytest.approx(0.55) and factors[100] == pytest.approx(0.1) == factors[119]
+
+
+def test_ema_update_and_tensor_files(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.module.weight.clone()
+    ema.update(model)  # first update uses min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.module.weight, before + 0.9 * (model.weight - before))
+    assert ema.updates == 1 and not ema.module.weight.requires_grad
+    path = save_tensors(tmp_path / "a", {"w": torch.arange(4.0)}, {"k": "v"})
+    assert path.suffix == ".safetensors"
+    monkeypatch.setattr("pipeline.ema._safetensors", None)
+    fallback = save_tensors(tmp_path / "b", {"w": torch.arange(4.0)}, {"k": "v"})
+    assert fallback.suffix == ".pt"
+    tensors, meta = load_tensors(fallback)
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and meta == {"k": "v"}
+    assert torch.load(fallback, weights_only=True)["metadata"] == {"k": "v"}
+
+
+def test_ema_export_roundtrip(tmp_path):
+    pair = torch.nn.Module()
+    pair.layer_net, pair.voxel_unet = torch.nn.Linear(2, 2), torch.nn.Linear(3, 1)
+    ema = EMA(pair, 0.99)
+    path = export_ema(ema, tmp_path / "ema_step_00000001.safetensors", {"step": 1})
+    parts, meta = load_ema_weights(path)
+    assert meta == {"step": 1} and set(parts) == {"layer_net", "voxel_unet"}
+    assert torch.equal(parts["voxel_unet"]["weight"], pair.voxel_unet.weight)
+
+
+class _Payload:
+    """Stands for an arbitrary object in a malicious or foreign checkpoint."""
+
+
+def test_deepspeed_checkpoint_loading_is_weights_only(tmp_path):
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from pipeline.engine import make_loading_safe
+
+    engine = type("FakeEngine", (), {})()
+    engine.checkpoint_engine = TorchCheckpointEngine()
+    make_loading_safe(engine)
+    ok, bad = tmp_path / "ok.pt", tmp_path / "bad.pt"
+    torch.save({"w": torch.ones(2), "loss_scaler": LossScaler(1.0), "stage": ZeroStageEnum(2)}, ok)
+    torch.save({"w": torch.ones(2), "x": _Payload()}, bad)
+    assert torch.equal(engine.checkpoint_engine.load(str(ok))["w"], torch.ones(2))
+    with pytest.raises(Exception, match="Unsupported global"):
+        engine.checkpoint_engine.load(str(bad))
+
+
+def test_latest_only_names_complete_checkpoints(tmp_path):
+    ck = Checkpointer(tmp_path, rank=0, world_size=1, keep=2)
+    assert ck.latest_tag() is None
+    for step in (2, 4, 6):
+        (ck.dir / tag_for(step)).mkdir(parents=True)
+        (ck.dir / tag_for(step) / "train_state.json").write_text(json.dumps({"step": step, "world_size": 1}))
+    (ck.dir / tag_for(8)).mkdir()  # a save killed half-way: no train_state.json, `latest` not moved
+    (ck.dir / LATEST).write_text(tag_for(6))
+    assert ck.latest_tag() == tag_for(6)
+    ck._prune(keep_tag=tag_for(6))
+    assert sorted(p.name for p in ck.dir.iterdir()) == [LATEST, tag_for(4), tag_for(6)]
+    (ck.dir / LATEST).write_text(tag_for(8))
+    with pytest.raises(CheckpointError, match="train_state.json is missing"):
+        ck.latest_tag()
+
+
+# ------------------------------------------------------------------ real runs
+@pytest.mark.slow
+def test_interrupted_runs_resume_bit_identically(tmp_path, store):
+    """Uninterrupted run vs. one stopped by --time-limit, SIGKILLed, stopped by SIGUSR1 and resumed after
+    each: identical weights, EMA and logged losses."""
+    ref_cfg = write_config(tmp_path / "ref.yaml", store, tmp_path / "ref")
+    with open(tmp_path / "ref.log", "w") as log, started(ref_cfg, stderr=log, **ONE_THREAD) as ref:
+        run = tmp_path / "run"  # the reference runs beside the interrupted runs, one thread each
+        cfg = write_config(tmp_path / "run.yaml", store, run)
+        _interrupt_and_resume(cfg, run)
+        ref.wait(timeout=180)
+    assert ref.returncode == 0, (tmp_path / "ref.log").read_text()[-4000:]
+    done = read_done(tmp_path / "ref")
+    assert done["step"] == 10 and done["world_size"] == 1 and done["launcher"] == "single"
+    assert Path(done["config"]).is_file() and Path(done["ema"]).is_file()
+    assert done["final_losses"]["val_ema_loss"] > 0
+    assert read_done(run)["weights_sha256"] == done["weights_sha256"]
+    assert read_done(run)["ema_sha256"] == done["ema_sha256"]
+    for a, b in zip(final_weights(tmp_path / "ref"), final_weights(run)):
+        assert_same_tensors(a, b)
+    assert [r["loss"] for r in metrics(run)] == [r["loss"] for r in metrics(tmp_path / "ref")]
+    assert [r["loss"] for r in metrics(run, "val")] == [r["loss"] for r in metrics(tmp_path / "ref", "val")]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == [tag_for(8), tag_for(10)]
+    again = run_train(cfg)  # complete: nothing to do
+    assert again.returncode == 0 and "already complete" in again.stderr
+
+
+def _interrupt_and_resume(cfg: Path, run: Path) -> None:
+    """--time-limit stop, resume + SIGKILL after a checkpoint, resume + SIGUSR1, resume to the end."""
+    limited = run_train(cfg, "--time-limit", "1s", **ONE_THREAD)  # the first step already runs into the limit
+    assert limited.returncode == EXIT_REQUEUE, limited.stderr
+    marker = json.loads((run / "REQUEUE").read_text())
+    assert marker["reason"] == "time limit" and latest_step(run) == marker["step"] == 1
+
+    with started(cfg, **ONE_THREAD) as proc:
+        wait_for(lambda: latest_step(run) >= 2, proc)
+        proc.kill()
+        proc.wait()
+    killed_at = latest_step(run)
+    assert killed_at < 10 and not (run / "DONE.json").exists()
+
+    log = run.parent / "signalled.log"
+    with open(log, "w") as f, started(cfg, stderr=f, **ONE_THREAD) as proc:
+        wait_for(lambda: latest_step(run) > killed_at, proc)
+        proc.send_signal(signal.SIGUSR1)
+        proc.wait(timeout=120)
+    err = log.read_text()
+    assert proc.returncode == EXIT_REQUEUE, err
+    marker = json.loads((run / "REQUEUE").read_text())
+    assert marker["reason"] == "signal SIGUSR1" and latest_step(run) == marker["step"] < 10
+    assert "re-run the same command" in err
+
+    final = run_train(cfg, **ONE_THREAD)
+    assert final.returncode == 0, final.stderr
+    assert f"resumed from {tag_for(marker['step'])}" in final.stderr
+    assert not (run / "REQUEUE").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_zero2_agree_and_learn(tmp_path, store):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=16, lr=3e-3, zero_stage=2,
+                       checkpoint_every_steps=8, val_every_steps=8)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pipeline.train", "--config", str(cfg)]
+    result = run_group(cmd, timeout=240, env=clean_env(OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    done = read_done(run)
+    assert done["world_size"] == 2 and done["launcher"] == "torchrun" and done["ranks_agree"]
+    files = sorted(p.name for p in Path(done["checkpoint"]).iterdir())
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in files and "rank_1.safetensors" in files
+    assert len(metrics(run)) == 16
+    val = metrics(run, "val")  # steps 0, 8, 16 on fixed validation showers, times and noise
+    assert [int(r["step"]) for r in val] == [0, 8, 16]
+    assert float(val[-1]["loss"]) < float(val[0]["loss"]) and float(val[-1]["ema_loss"]) < float(val[0]["ema_loss"])
+    assert (run / "logs" / "tensorboard").is_dir()
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, store):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", store, run, lr=1e30, warmup_steps=0, grad_clip=0.0,
+                       checkpoint_every_steps=1, val_every_steps=0)
+    result = run_train(cfg)
+    assert result.returncode == EXIT_NONFINITE, result.stderr
+    assert "non-finite loss at step" in result.stderr and "last good checkpoint" in result.stderr
+    good = latest_step(run)
+    assert good >= 1 and not (run / "DONE.json").exists()
+    state = json.loads((run / "checkpoints" / tag_for(good) / "train_state.json").read_text())
+    assert all(v == v for v in state["losses"].values())  # no NaN saved
