@@ -3,13 +3,16 @@
     python -m pipeline.demo --config configs/smoke.yaml
 
 Stages so far: simulate stand-in inputs (when configured and missing), convert them into the zarr
-store, stream the training and validation splits once and print a summary. Every stage is
-idempotent, so re-running resumes where the last run stopped.
+store, stream the training and validation splits once, then train the models (``pipeline.train``
+in a subprocess, as a cluster job would run it). Every stage is idempotent, so re-running resumes
+where the last run stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,7 +54,17 @@ def stream_once(cfg: Config, split: str) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def run(cfg: Config) -> None:
+def train_stage(config_path: str, overrides: Sequence[str]) -> None:
+    """``python -m pipeline.train`` with the same config; resumes or skips a finished run."""
+    cmd = [sys.executable, "-m", "pipeline.train", "--config", config_path]
+    for assignment in overrides:
+        cmd += ["--set", assignment]
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training exited with code {proc.returncode}; re-run the demo to resume")
+
+
+def run(cfg: Config, config_path: str, overrides: Sequence[str] = ()) -> None:
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"[demo] resolved config -> {save_resolved(cfg)}")
@@ -67,6 +80,10 @@ def run(cfg: Config) -> None:
     for split in ("train", "validation"):
         n, seconds = stream_once(cfg, split)
         print(f"[demo] streamed {split}: {n} showers in {seconds:.2f} s ({n / seconds:.0f} showers/s)")
+    print(f"[demo] training {cfg.model.preset} models for {cfg.train.max_steps} steps -> {run_dir}")
+    train_stage(config_path, overrides)
+    done = json.loads((run_dir / "DONE.json").read_text())
+    print(f"[demo] trained: step {done['step']}, EMA weights {run_dir / done['ema']}, logs {run_dir / 'logs'}")
     print(f"[demo] done; outputs under {run_dir}")
 
 
@@ -75,8 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_config_arguments(p)
     args = p.parse_args(argv)
     try:
-        run(load_config(args.config, args.overrides))
-    except (ConfigError, InputError, StoreError, OSError) as err:
+        run(load_config(args.config, args.overrides), args.config, args.overrides)
+    except (ConfigError, InputError, StoreError, OSError, RuntimeError) as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -14,6 +14,7 @@ def test_demo_runs_and_resumes(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "simulating 160 stand-in ds3 showers" in first.stdout
     assert "streamed train:" in first.stdout and "streamed validation:" in first.stdout
+    assert "[demo] trained: step 3" in first.stdout and (tmp_path / "run" / "DONE.json").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "standin.hdf5").is_file()
     again = run_module("pipeline.demo", *args)
     assert again.returncode == 0 and "simulating" not in again.stdout and "already complete" in again.stdout
