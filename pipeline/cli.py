@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "demo": "pipeline.demo",
     "info": "pipeline.info",
     "train": "pipeline.train",
+    "evaluate": "pipeline.evaluate",
 }
 
 

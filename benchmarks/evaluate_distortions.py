@@ -1,0 +1,135 @@
+"""The evaluation on stand-in ds3 showers: a reference (seed 1) against an independent sample (seed 2)
+and against three deliberate distortions of it; writes docs/evaluation_example/.
+
+    .venv/bin/python benchmarks/evaluate_distortions.py [--n 10000] [--workdir /tmp/evaldist]
+        [--docs docs/evaluation_example] [--example "energy x1.05"] [--epochs 20] [--reuse]
+
+Cases: independent sample; every voxel energy x 1.05; showers moved one radial bin outwards;
+layers permuted. Each is a full evaluation (``pipeline.evaluation.runner.evaluate_samples``) with
+reports under --workdir/<case>; the distortions are applied while reading, so only the two
+simulated HDF5 files are written. Writes ``<docs>/distortions.md`` (one row per case) and copies
+the --example case's report.md and a few of its plots into --docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from data_tools.simulate import simulate_file  # noqa: E402
+from pipeline.evaluation import distortions  # noqa: E402
+from pipeline.evaluation.classifier import ClassifierConfig  # noqa: E402
+from pipeline.evaluation.report import write_markdown  # noqa: E402
+from pipeline.evaluation.runner import EvalOptions, evaluate_samples  # noqa: E402
+from pipeline.evaluation.samples import Sample, open_sample  # noqa: E402
+
+EXAMPLE_PLOTS = ("average_shower.png", "profiles.png", "hist_etot_voxel.png", "energy_bins.png", "hist_e_layer.png",
+                 "hist_width_x.png", "separation_by_layer.png")
+
+
+class DistortedSample(Sample):
+    """Another sample with a distortion applied to its raw rows as they are read."""
+
+    def __init__(self, base: Sample, fn: Callable[[np.ndarray], np.ndarray], label: str) -> None:
+        super().__init__(f"{base.name} ({label})", base.geometry, base.n)
+        self.base, self.fn = base, fn
+        self.kind = f"{base.kind}, distorted: {label}"
+
+    def _raw_energies(self) -> np.ndarray:
+        return self.base.energies
+
+    def _row_alignment(self) -> int:
+        return self.base._row_alignment()
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        return self.fn(np.asarray(self.base._read(start, stop), dtype=np.float64))
+
+    def close(self) -> None:
+        self.base.close()
+
+
+def cases(gen: Sample) -> dict[str, Sample]:
+    g = gen.geometry
+    return {
+        "independent": gen,
+        "energy x1.05": DistortedSample(gen, lambda s: distortions.scale_energy(s, 1.05), "energy x1.05"),
+        "radial shift": DistortedSample(gen, lambda s: distortions.shift_radial(s, g, 1), "radial shift +1 bin"),
+        "layers shuffled": DistortedSample(gen, lambda s: distortions.shuffle_layers(s, g, 0), "layers shuffled"),
+    }
+
+
+def row(name: str, r: dict) -> str:
+    sp = r["separation_power"]["summary"]
+
+    def ratio(key: str) -> str:
+        s = sp[key]
+        v, f = (s["value"], s["floor"]) if "value" in s else (s["mean"], s["floor_mean"])
+        return f"{v:.3g} ({v / f:.1f})"
+
+    cls, pd = r["classifier"], r["physics_distance"]
+    return " | ".join([name, ratio("etot_einc"), ratio("voxel"), ratio("e_layer"), ratio("width_x"), ratio("sparsity"),
+                       f"{cls['low']['auc']:.3f}", f"{cls['high']['auc']:.3f}",
+                       f"{pd['fpd']['value'] * 1e3:.3g} ± {pd['fpd']['error'] * 1e3:.2g}",
+                       f"{pd['kpd']['value'] * 1e3:.3g} ± {pd['kpd']['error'] * 1e3:.2g}"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/evaldist"))
+    p.add_argument("--docs", type=Path, default=REPO / "docs" / "evaluation_example")
+    p.add_argument("--example", default="energy x1.05")
+    p.add_argument("--epochs", type=int, default=20, help="classifier max epochs")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reuse", action="store_true", help="reuse reports already in --workdir (re-render them)")
+    args = p.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for role, seed in (("ref", 1), ("gen", 2)):
+        paths[role] = args.workdir / f"{role}_seed{seed}_ds3_{args.n}.hdf5"
+        if not paths[role].exists():
+            simulate_file(paths[role], "ds3", args.n, seed, workers=args.workers)
+    ref, gen = open_sample(paths["ref"], "ds3", "reference"), open_sample(paths["gen"], "ds3", "generated")
+    opts = EvalOptions(classifier=ClassifierConfig(max_epochs=args.epochs))
+    rows = []
+    for name, sample in cases(gen).items():
+        t0 = time.perf_counter()
+        out = args.workdir / name.replace(" ", "_")
+        if args.reuse and (out / "report.json").is_file():
+            report = json.loads((out / "report.json").read_text())
+            write_markdown(report, out / "report.md")
+        else:
+            report = evaluate_samples(sample, ref, opts, out)
+        rows.append(row(name, report))
+        print(f"{name}: {time.perf_counter() - t0:.0f} s | {rows[-1]}", flush=True)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    header = ("| generated sample | S(E_tot/E_inc) | S(voxel spectrum) | S(E layer), mean | S(width x), mean | "
+              "S(sparsity), mean | AUC low | AUC high | FPD x1e3 | KPD x1e3 |\n|" + "---|" * 10)
+    text = [f"# Metrics against distortions (stand-in ds3, {args.n} vs {args.n} showers)", "",
+            "Reference: simulator seed 1; generated: simulator seed 2, as is or distorted while read "
+            "(`benchmarks/evaluate_distortions.py`). Separation powers S with S / noise floor in parentheses "
+            "(~1: no visible difference).", "", header] + ["| " + r + " |" for r in rows]
+    (args.docs / "distortions.md").write_text("\n".join(text) + "\n")
+    src = args.workdir / args.example.replace(" ", "_")
+    for name in EXAMPLE_PLOTS:
+        shutil.copy(src / name, args.docs / name)
+    md = (src / "report.md").read_text().replace(str(args.workdir) + "/", "")
+    md = "\n".join(line for line in md.splitlines()
+                   if not (m := re.match(r"!\[(.+)\]\(", line)) or m.group(1) in EXAMPLE_PLOTS)
+    (args.docs / "report.md").write_text(md + "\n")
+    print(f"wrote {args.docs}")
+
+
+if __name__ == "__main__":
+    main()
