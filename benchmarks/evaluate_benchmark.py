@@ -7,7 +7,7 @@ Simulates a reference (seed 1) and a generated sample (seed 2) of --n showers ea
 CaloChallenge HDF5, as the challenge's files; skipped when the files exist), then runs the
 evaluation with every metric in a subprocess and measures its wall time and peak resident memory
 (the evaluation's own ru_maxrss, from its report). Prints and optionally saves a JSON summary with the report's own timing
-breakdown. The sample files are deleted afterwards unless --keep.
+breakdown. The sample files are deleted afterwards unless --keep; the report stays in --workdir/report.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -70,17 +69,16 @@ def main() -> None:
         "classifier": {k: {"auc": v["auc"], "epochs": [r["epochs"] for r in v["runs"]], "n_train": v["runs"][0]["n_train"]}
                        for k, v in report["classifier"].items()},
         "low_level_memory": report["classifier"].get("low", {}).get("memory"),
-        "physics_distance": {k: report["physics_distance"][k]["value"] for k in ("fpd", "kpd")}
-        if "physics_distance" in report else None,
+        "physics_distance": {k: {"value": report["physics_distance"][k]["value"], "error": report["physics_distance"][k]["error"]}
+                             for k in ("fpd", "kpd")} if "physics_distance" in report else None,
     }
     text = json.dumps(summary, indent=1)
     print(text)
     if args.results:
         args.results.write_text(text + "\n")
-    if not args.keep:
+    if not args.keep:  # the report stays in --workdir/report
         for path in (ref, gen):
             path.unlink()
-        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":
