@@ -30,8 +30,11 @@ sys.path.insert(0, str(REPO))
 from data_tools.simulate import simulate_file  # noqa: E402
 from pipeline.evaluation import distortions  # noqa: E402
 from pipeline.evaluation.classifier import ClassifierConfig  # noqa: E402
-from pipeline.evaluation.report import write_markdown  # noqa: E402
-from pipeline.evaluation.runner import EvalOptions, evaluate_samples  # noqa: E402
+from pipeline.evaluation.observables import compute_observables, voxel_log_edges  # noqa: E402
+from pipeline.evaluation.plots import write_plots  # noqa: E402
+from pipeline.evaluation.report import plus_minus, write_markdown  # noqa: E402
+from pipeline.evaluation.runner import EvalOptions, energy_binned, evaluate_samples, separations  # noqa: E402
+from pipeline.evaluation.separation import compare_grouped_counts  # noqa: E402
 from pipeline.evaluation.samples import Sample, open_sample  # noqa: E402
 
 EXAMPLE_PLOTS = ("average_shower.png", "profiles.png", "hist_etot_voxel.png", "energy_bins.png", "hist_e_layer.png",
@@ -69,6 +72,14 @@ def cases(gen: Sample) -> dict[str, Sample]:
     }
 
 
+def replot(gen: Sample, ref: Sample, out: Path) -> None:
+    """The plots of a report again (observables only, no classifiers)."""
+    g, r = compute_observables(gen), compute_observables(ref)
+    seps = separations(g, r, 50)
+    seps["voxel"] = compare_grouped_counts(g.voxel_groups, r.voxel_groups, voxel_log_edges())
+    write_plots(g, r, seps, energy_binned(g, r, 50)[1], out)
+
+
 def row(name: str, r: dict) -> str:
     sp = r["separation_power"]["summary"]
 
@@ -80,8 +91,8 @@ def row(name: str, r: dict) -> str:
     cls, pd = r["classifier"], r["physics_distance"]
     return " | ".join([name, ratio("etot_einc"), ratio("voxel"), ratio("e_layer"), ratio("width_x"), ratio("sparsity"),
                        f"{cls['low']['auc']:.3f}", f"{cls['high']['auc']:.3f}",
-                       f"{pd['fpd']['value'] * 1e3:.3g} ± {pd['fpd']['error'] * 1e3:.2g}",
-                       f"{pd['kpd']['value'] * 1e3:.3g} ± {pd['kpd']['error'] * 1e3:.2g}"])
+                       plus_minus(pd["fpd"]["value"], pd["fpd"]["error"], 1e3),
+                       plus_minus(pd["kpd"]["value"], pd["kpd"]["error"], 1e3)])
 
 
 def main() -> None:
@@ -92,7 +103,8 @@ def main() -> None:
     p.add_argument("--example", default="energy x1.05")
     p.add_argument("--epochs", type=int, default=20, help="classifier max epochs")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--reuse", action="store_true", help="reuse reports already in --workdir (re-render them)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse reports already in --workdir (re-render them and the example's plots)")
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -109,6 +121,8 @@ def main() -> None:
         if args.reuse and (out / "report.json").is_file():
             report = json.loads((out / "report.json").read_text())
             write_markdown(report, out / "report.md")
+            if name == args.example:
+                replot(sample, ref, out)
         else:
             report = evaluate_samples(sample, ref, opts, out)
         rows.append(row(name, report))

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     line = [f"E_tot/E_inc separation {report['separation_power']['summary']['etot_einc']['value']:.3g}"]
     line += [f"AUC {k} {v['auc']:.3f}" for k, v in cls.items()]
     if pd:
-        line.append(f"FPD {pd['fpd']['value'] * 1e3:.3g}e-3, KPD {pd['kpd']['value'] * 1e3:.3g}e-3")
+        line += [f"{k.upper()} x 1e3 = {pd[k]['value'] * 1e3:.3g} ± {pd[k]['error'] * 1e3:.2g}" for k in ("fpd", "kpd")]
     print("; ".join(line))
     print(f"report: {args.out / 'report.md'}")
     return 0

@@ -27,7 +27,7 @@ def _div(a: Any, b: Any) -> float | None:
     return a / b if a is not None and b and math.isfinite(a) and math.isfinite(b) else None
 
 
-def _pm(value: Any, error: Any, scale: float = 1.0, digits: int = 3) -> str:
+def plus_minus(value: Any, error: Any, scale: float = 1.0, digits: int = 3) -> str:
     """``value ± error``, both rounded to the error's second significant digit."""
     if value is None:
         return "-"
@@ -59,9 +59,9 @@ def headline(report: dict[str, Any]) -> list[str]:
     cls, pdist, published = report.get("classifier", {}), report.get("physics_distance"), report.get("published", [])
     low, high = cls.get("low"), cls.get("high")
     this = ["**this evaluation**",
-            _pm(low["auc"], low.get("auc_std")) if low else "-", _pm(high["auc"], high.get("auc_std")) if high else "-",
-            _pm(pdist["fpd"]["value"], pdist["fpd"]["error"], 1e3) if pdist else "-",
-            _pm(pdist["kpd"]["value"], pdist["kpd"]["error"], 1e3) if pdist else "-"]
+            plus_minus(low["auc"], low.get("auc_std")) if low else "-", plus_minus(high["auc"], high.get("auc_std")) if high else "-",
+            plus_minus(pdist["fpd"]["value"], pdist["fpd"]["error"], 1e3) if pdist else "-",
+            plus_minus(pdist["kpd"]["value"], pdist["kpd"]["error"], 1e3) if pdist else "-"]
     rows = [this] + [[str(r["model"]), _f(r["auc_low"]), _f(r["auc_high"]), _f(r["fpd_x1e3"]), _f(r["kpd_x1e3"])]
                      for r in published]
     lines = ["## Headline metrics", ""]
@@ -129,8 +129,8 @@ def classifier_table(cls: dict[str, Any]) -> list[str]:
     rows = []
     for name, res in cls.items():
         runs = res["runs"]
-        rows.append([name, str(res["n_features"]), _pm(res["auc"], res.get("auc_std")), _f(res["auc_raw"]),
-                     _pm(res["jsd"], res.get("jsd_std")), _f(res["accuracy"]), str(len(runs)),
+        rows.append([name, str(res["n_features"]), plus_minus(res["auc"], res.get("auc_std")), _f(res["auc_raw"]),
+                     plus_minus(res["jsd"], res.get("jsd_std")), _f(res["accuracy"]), str(len(runs)),
                      ", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in runs), str(runs[0]["n_test"]),
                      _f(res["auc_null_std"])])
     lines = _table(["classifier", "inputs", "AUC (calibrated)", "AUC (raw score)", "JSD", "accuracy", "runs",
@@ -174,8 +174,8 @@ def render(report: dict[str, Any]) -> str:
                   f"On {pd['features']} high-level features ({pd['normalisation']}d by the reference). FPD extrapolated to "
                   f"N = inf from sizes {pd['fpd']['sizes'][0]}-{pd['fpd']['sizes'][-1]}; KPD: median of unbiased MMD^2 "
                   f"over batches of {pd['kpd']['batch_size']}.", "",
-                  f"- FPD = {_pm(pd['fpd']['value'], pd['fpd']['error'], 1e3)} x 1e-3",
-                  f"- KPD = {_pm(pd['kpd']['value'], pd['kpd']['error'], 1e3)} x 1e-3", ""]
+                  f"- FPD = {plus_minus(pd['fpd']['value'], pd['fpd']['error'], 1e3)} x 1e-3",
+                  f"- KPD = {plus_minus(pd['kpd']['value'], pd['kpd']['error'], 1e3)} x 1e-3", ""]
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]] + [""]
     t = report.get("timing", {})
