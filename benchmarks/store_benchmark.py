@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -137,6 +138,7 @@ def main() -> None:
 
     layout = StoreLayout()
     store = args.workdir / "store.zarr"
+    shutil.rmtree(store, ignore_errors=True)  # a complete store from the same inputs would be a no-op
     conv = convert_with_rss(src64, store, layout)
     raw = args.n * 40500 * 4
     sizes = {"zarr_store": du(store), "hdf5_gzip_float64": du(src64), "hdf5_gzip_float32": du(src32), "raw_float32": raw}
