@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,9 @@ def make_preprocessor(geometry: str, seed: int = 0) -> tuple[Preprocessor, torch
     e, s = random_batch(geometry, seed=seed)
     stats = stats_to_dict(block_stats(e, s.astype(np.float32), load_geometry(geometry)))
     return Preprocessor(stats, load_geometry(geometry)), torch.from_numpy(s), torch.from_numpy(e)
+
+
+def find_mpirun() -> str | None:
+    """mpirun beside the interpreter (pip's mpich) or on PATH."""
+    local = Path(sys.executable).with_name("mpirun")
+    return str(local) if local.exists() else shutil.which("mpirun")

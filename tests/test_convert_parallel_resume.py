@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module, tree_bytes, write_random_showers
+from conftest import REPO, run_module, tree_bytes, write_random_showers, find_mpirun
 from data_tools.convert import convert
 from pipeline.store import ShowerStore, StoreError, StoreLayout
 
@@ -50,15 +50,10 @@ def test_killed_conversion_resumes_to_identical_store(tmp_path, reference, kill_
     assert tree_bytes(out) == ref_bytes
 
 
-def _mpirun() -> str | None:
-    local = Path(sys.executable).with_name("mpirun")
-    return str(local) if local.exists() else shutil.which("mpirun")
-
-
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_two_rank_mpi_conversion_matches_single_process(tmp_path, reference):
-    mpirun = _mpirun()
+    mpirun = find_mpirun()
     if mpirun is None:
         pytest.skip("no mpirun on PATH or beside the interpreter (pip install mpich mpi4py)")
     pytest.importorskip("mpi4py")
@@ -73,7 +68,7 @@ def test_two_rank_mpi_conversion_matches_single_process(tmp_path, reference):
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_mpi_error_on_one_rank_fails_the_job_cleanly(tmp_path):
-    mpirun = _mpirun()
+    mpirun = find_mpirun()
     if mpirun is None:
         pytest.skip("no mpirun")
     pytest.importorskip("mpi4py")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, find_mpirun
 from pipeline import distributed
 from pipeline.distributed import DistributedError, discover, export, parse_nodelist, port_from_job_id, tasks_on_node
 from test_train import LAUNCH_PREFIXES, LAUNCH_VARIABLES, clean_env, read_done, run_group, run_train, store, \
@@ -194,15 +194,10 @@ def test_export_sets_all_rendezvous_variables(bare_env):
 
 
 # ------------------------------------------------------------------ real launches
-def _mpirun() -> str | None:
-    local = Path(sys.executable).with_name("mpirun")
-    return str(local) if local.exists() else shutil.which("mpirun")
-
-
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_mpirun_two_ranks_zero1_and_resume_with_other_world_size(tmp_path, store):
-    mpirun = _mpirun()
+    mpirun = find_mpirun()
     if mpirun is None:
         pytest.skip("mpirun not found")
     run = tmp_path / "run"
