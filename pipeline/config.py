@@ -7,12 +7,14 @@ Paths are relative to the working directory of the command.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
 from pipeline import config_loader
 from pipeline.config_loader import ConfigError
+from pipeline.launch_config import LaunchConfig
 from pipeline.store import StoreLayout
 
 GeometryName = Literal["ds1-photons", "ds1-pions", "ds2", "ds3"]
@@ -149,6 +151,94 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Progressive distillation (``pipeline.distill``): stage k halves the sampling steps of stage k - 1.
+
+    Stage 0 is the trained model with ``diffusion.sample_steps``; stages run until ``final_steps``.
+    Every other training setting (batch, ZeRO, checkpoints, validation, logging) comes from ``train``.
+    """
+
+    final_steps: int = 8  # DDIM steps of the last stage's student
+    max_steps: int = 20_000  # optimiser steps per stage
+    lr: float = 5e-5  # peak learning rate per stage (warm-up + cosine, like training)
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+
+    def check(self, path: str) -> None:
+        for name in ("final_steps", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"{path}.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if not self.lr > 0:
+            raise ConfigError(f"{path}.lr: must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"{path}.ema_decay: must be in [0, 1), got {self.ema_decay}")
+
+    def student_steps(self, sample_steps: int) -> list[int]:
+        """Sampling steps of stages 1..K: ``sample_steps / 2, / 4, ..., final_steps``."""
+        steps, out = sample_steps, []
+        while steps > self.final_steps:
+            steps //= 2
+            out.append(steps)
+        return out
+
+
+@dataclass
+class GenerateConfig:
+    """Mass generation (``pipeline.generate``) into a zarr sample, and its HDF5 export."""
+
+    n: int = 100_000  # showers; 0: one per incident energy of energies_from
+    seed: int = 0  # shower i's incident energy and noise depend only on (seed, i)
+    model: str = "final"  # final (last distillation stage), teacher, stage_K, or a run/stage directory
+    out: Optional[str] = None  # zarr sample; default <run.dir>/samples/generated.zarr
+    export: Optional[str] = None  # CaloChallenge HDF5 written by data_tools.export; default <sample>.hdf5
+    export_dtype: Literal["float32", "float64"] = "float32"
+    energies_from: Optional[str] = None  # HDF5 file or store: shower i gets its i-th incident energy
+    energy_range: tuple[float, float] = (1_000.0, 1_000_000.0)  # MeV, log-uniform when energies_from is unset
+    block_size: int = 4096  # showers per work block (a multiple of layout.shard_rows)
+    batch_size: int = 0  # showers per forward pass; 0: fill the GPU (64 on CPU)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    compile: bool = False  # torch.compile the networks (GPU)
+    layout: StoreLayout = field(default_factory=StoreLayout)
+
+    def check(self, path: str) -> None:
+        if self.n < 0:
+            raise ConfigError(f"{path}.n: must be >= 0, got {self.n}")
+        if self.n == 0 and self.energies_from is None:
+            raise ConfigError(f"{path}.n: 0 (one shower per reference energy) needs {path}.energies_from")
+        if self.seed < 0:
+            raise ConfigError(f"{path}.seed: must be >= 0, got {self.seed}")
+        lo, hi = self.energy_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"{path}.energy_range: expected 0 < min <= max (MeV), got {list(self.energy_range)}")
+        if self.batch_size < 0:
+            raise ConfigError(f"{path}.batch_size: must be >= 0 (0: automatic), got {self.batch_size}")
+        if self.block_size < 1 or self.block_size % self.layout.shard_rows:
+            raise ConfigError(f"{path}.block_size: must be a positive multiple of {path}.layout.shard_rows "
+                              f"({self.layout.shard_rows}), got {self.block_size}")
+        if self.model.startswith("stage_") and not re.fullmatch(r"stage_\d+", self.model):
+            raise ConfigError(f"{path}.model: expected final, teacher, stage_K (K a number) or a run directory, "
+                              f"got {self.model!r}")
+
+
+@dataclass
+class EvaluateConfig:
+    """CaloChallenge evaluation (``pipeline.evaluate``) of the generated sample against a reference."""
+
+    reference: Optional[str] = None  # reference HDF5 file or store (Geant4: dataset_3_3/4.hdf5)
+    reference_standin: Optional[StandinConfig] = None  # simulate the reference when it is missing
+    out: Optional[str] = None  # report directory; default <run.dir>/evaluation
+    classifiers: str = "low,high"  # comma list of low, high, or none
+    classifier_epochs: int = 50
+    extra_args: list[str] = field(default_factory=list)  # more pipeline.evaluate options, e.g. [--bins, "30"]
+
+    def check(self, path: str) -> None:
+        if self.classifier_epochs < 1:
+            raise ConfigError(f"{path}.classifier_epochs: must be >= 1, got {self.classifier_epochs}")
+
+
+@dataclass
 class Config:
     """The whole pipeline's configuration."""
 
@@ -157,6 +247,16 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def check(self, path: str) -> None:
+        steps, final = self.diffusion.sample_steps, self.distill.final_steps
+        if final > steps or steps % final or (steps // final) & (steps // final - 1):
+            raise ConfigError(f"distill.final_steps: {final} must be diffusion.sample_steps ({steps}) divided "
+                              f"by a power of two")
 
     def per_rank_batch(self, world_size: int) -> int:
         """Per-rank batch size; the global batch must split evenly over the ranks."""

@@ -46,10 +46,10 @@ from pipeline.config import Config, load_config
 from pipeline.config_loader import ConfigError, add_config_arguments
 from pipeline.data import ShowerStream, StreamError
 from pipeline.distributed import DistEnv, DistributedError, discover
+from pipeline.run_layout import DONE_FILE, REQUEUE_FILE
 from pipeline.store import ShowerStore, StoreError
 
 EXIT_DONE, EXIT_CONFIG, EXIT_NONFINITE, EXIT_REQUEUE = 0, 2, 3, 75
-DONE_FILE, REQUEUE_FILE = "DONE.json", "REQUEUE"
 _IMPORTED = time.monotonic()  # ~ start of the command: --time-limit counts from here
 
 
@@ -119,10 +119,11 @@ def seed_for(*keys: int) -> int:
 
 
 def train(cfg: Config, *, config_path: str | None = None, time_limit: float | None = None,
-          env: DistEnv | None = None, started: float | None = None) -> TrainResult:
+          env: DistEnv | None = None, started: float | None = None, teacher: Any = None) -> TrainResult:
     """Train (or resume, or confirm done) the run ``cfg.run.dir``; see the module doc for behaviour and layout.
 
-    ``time_limit`` (seconds) counts from ``started`` (``time.monotonic()``; default: now).
+    ``time_limit`` (seconds) counts from ``started`` (``time.monotonic()``; default: now). ``teacher``
+    (:class:`pipeline.trainer.Teacher`) makes the run a distillation stage (see :mod:`pipeline.distill`).
     """
     started = time.monotonic() if started is None else started
     env = env or discover()
@@ -138,7 +139,8 @@ def train(cfg: Config, *, config_path: str | None = None, time_limit: float | No
     with StopSignals() as signals:  # from here on SIGUSR1/SIGTERM mean: checkpoint at the next step, exit 75
         distributed.init_distributed(env)
         try:
-            trainer = Trainer(cfg, env, store, config_path=config_path, started=started, time_limit=time_limit)
+            trainer = Trainer(cfg, env, store, config_path=config_path, started=started, time_limit=time_limit,
+                              teacher=teacher)
             return trainer.run(signals)
         finally:
             distributed.shutdown()

@@ -8,24 +8,28 @@ EMA update, then logging, validation and checkpoints as due.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
-from pipeline.checkpoint import Checkpointer, StopSignals, resolve_init_from, step_of, tag_for
+from pipeline.checkpoint import CheckpointError, Checkpointer, StopSignals, resolve_init_from, step_of, tag_for
 from pipeline.config import Config, save_resolved
 from pipeline.config_loader import to_dict
 from pipeline.data import ShowerStream
 from pipeline.diffusion import CosineSchedule
 from pipeline.distributed import DistEnv
-from pipeline.ema import EMA, atomic_write_json, export_ema, find_tensor_file, load_tensors, tensor_suffix
-from pipeline.engine import DiffusionPair, autocast, build_engine, resolve_precision, safe_load_module_weights
+from pipeline.ema import (EMA, atomic_write_json, export_ema, find_tensor_file, load_ema_weights, load_tensors,
+                          tensor_suffix)
+from pipeline.engine import (DiffusionPair, DistillationPair, autocast, build_engine, resolve_precision,
+                             safe_load_module_weights)
 from pipeline.models import build_models
 from pipeline.preprocessing import Preprocessor
 from pipeline.store import ShowerStore
@@ -36,12 +40,27 @@ _NOISE, _TORCH, _VALIDATION = 1, 2, 3  # seed purposes
 warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
 
 
+@dataclass(frozen=True)
+class Teacher:
+    """A distillation stage's teacher: its EMA export, and the student's DDIM steps (half the teacher's)."""
+
+    ema: Path
+    student_steps: int
+    done_fields: dict[str, Any] = field(default_factory=dict)  # recorded in the stage's DONE.json
+
+
 class Trainer:
-    """Builds everything from the config, resumes, and runs the loop (see module doc)."""
+    """Builds everything from the config, resumes, and runs the loop (see module doc).
+
+    With a ``teacher`` the run is a distillation stage: the student starts from the teacher's EMA weights
+    (and so does its EMA), and the loss is the progressive-distillation loss against the frozen teacher.
+    """
 
     def __init__(self, cfg: Config, env: DistEnv, store: ShowerStore, *, config_path: str | None,
-                 started: float, time_limit: float | None) -> None:
+                 started: float, time_limit: float | None, teacher: Teacher | None = None) -> None:
         self.cfg, self.env, self.store, self.config_path = cfg, env, store, config_path
+        self.done_fields = {"stage": 0, "sample_steps": cfg.diffusion.sample_steps,
+                            **(teacher.done_fields if teacher else {})}
         self.t, self.started, self.time_limit = cfg.train, started, time_limit
         self.run_dir = Path(cfg.run.dir)
         cuda = torch.cuda.is_available()
@@ -53,7 +72,11 @@ class Trainer:
 
         torch.manual_seed(seed)  # identical initial weights on every rank
         layer_net, unet = build_models(cfg.model, store.geometry)
-        model = DiffusionPair(layer_net, unet, CosineSchedule.from_config(cfg.diffusion)).to(self.device)
+        schedule = CosineSchedule.from_config(cfg.diffusion)
+        if teacher is None:
+            model = DiffusionPair(layer_net, unet, schedule).to(self.device)
+        else:
+            model = self._student(teacher, DiffusionPair(layer_net, unet, schedule).to(self.device))
         init_ema = self._init_from(model) if self.t.init_from else None
         self.ema = EMA(model, self.t.ema_decay)
         if init_ema is not None:
@@ -73,6 +96,18 @@ class Trainer:
         self.val_seconds = 0.0
 
     # ---------------------------------------------------------------- set-up
+    def _student(self, teacher: Teacher, pair: DiffusionPair) -> DistillationPair:
+        """``pair`` loaded with the teacher's EMA weights, as the student of a frozen copy of itself."""
+        parts, _ = load_ema_weights(teacher.ema, self.device)
+        try:
+            pair.layer_net.load_state_dict(parts["layer_net"])
+            pair.voxel_unet.load_state_dict(parts["voxel_unet"])
+        except RuntimeError as err:
+            raise CheckpointError(f"{teacher.ema}: the teacher's weights do not fit model.preset "
+                                  f"{self.cfg.model.preset!r} on {self.cfg.data.geometry}: {err}") from None
+        frozen = copy.deepcopy(pair)
+        return DistillationPair(pair.layer_net, pair.voxel_unet, pair.schedule, frozen, teacher.student_steps)
+
     def _init_from(self, model: DiffusionPair) -> dict[str, torch.Tensor] | None:
         tag_dir = resolve_init_from(self.t.init_from)  # type: ignore[arg-type]
         model.load_state_dict(safe_load_module_weights(str(tag_dir / "mp_rank_00_model_states.pt"), self.device))
@@ -296,7 +331,7 @@ class Trainer:
                        epoch=self.stream.epoch, ema=str(rel), ema_format=tensor_suffix()[1:],
                        checkpoint=f"checkpoints/{tag_for(self.step)}", world_size=self.env.world_size,
                        zero_stage=self.t.zero_stage, precision=self.precision, launcher=self.env.source,
-                       final_losses=self.last, ranks_agree=True, **digests)
+                       final_losses=self.last, ranks_agree=True, **self.done_fields, **digests)
             log.message(f"train: done, {self.step} steps; EMA weights in {self.run_dir / rel}")
         dist.barrier()
         return TrainResult("done", self.step, self.run_dir)

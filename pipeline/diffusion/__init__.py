@@ -1,10 +1,13 @@
 """Continuous-time v-prediction diffusion: schedule and loss (:mod:`.schedule`), DDIM sampling and the
-distillation target (:mod:`.sampler`), per-shower noise (:mod:`.noise`), generation (:mod:`.generate`)."""
+distillation target (:mod:`.sampler`), distillation losses (:mod:`.distillation`), per-shower noise
+(:mod:`.noise`), generation (:mod:`.generate`)."""
 
+from pipeline.diffusion.distillation import distillation_losses, student_times
 from pipeline.diffusion.generate import generate
-from pipeline.diffusion.noise import NoiseSource, item_seed
+from pipeline.diffusion.noise import NoiseSource, item_seed, shower_seed, uniform_from_seeds
 from pipeline.diffusion.sampler import ddim_step, distillation_target, sample, time_grid
 from pipeline.diffusion.schedule import CosineSchedule, ModelFn, diffuse, predict_x_eps, training_losses, v_loss
 
-__all__ = ["CosineSchedule", "ModelFn", "NoiseSource", "ddim_step", "diffuse", "distillation_target", "generate",
-           "item_seed", "predict_x_eps", "sample", "time_grid", "training_losses", "v_loss"]
+__all__ = ["CosineSchedule", "ModelFn", "NoiseSource", "ddim_step", "diffuse", "distillation_losses",
+           "distillation_target", "generate", "item_seed", "predict_x_eps", "sample", "shower_seed", "student_times",
+           "time_grid", "training_losses", "uniform_from_seeds", "v_loss"]

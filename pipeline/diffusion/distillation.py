@@ -1,0 +1,50 @@
+"""Progressive-distillation losses (Salimans & Ho 2022) for the layer-energy and voxel networks.
+
+A student with N DDIM steps learns to match two steps of its frozen teacher with 2N steps. Times are
+drawn from the student's grid ``t = k / N``, ``k = 1..N``; the noisy input is ``z_t = alpha_t x + sigma_t eps``
+for a data batch ``x``; the target is :func:`~pipeline.diffusion.sampler.distillation_target` in v form,
+so the loss is the same v-MSE as training (Salimans & Ho's "SNR + 1" weighting of the x error).
+As in training, the voxel networks (student and teacher) are conditioned on the true layer energies.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from pipeline.diffusion.sampler import distillation_target
+from pipeline.diffusion.schedule import CosineSchedule, diffuse
+
+
+def student_times(n: int, student_steps: int, device: torch.device,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """``n`` times drawn uniformly from the student's grid ``{1/N, 2/N, ..., 1}`` -> (n,) float64."""
+    k = torch.randint(1, student_steps + 1, (n,), device=device, generator=generator)
+    return k.double() / student_steps
+
+
+def _distill_one(student: Callable[[Tensor, Tensor], Tensor], teacher: Callable[[Tensor, Tensor], Tensor],
+                 x: Tensor, t: Tensor, noise: Tensor, schedule: CosineSchedule, student_steps: int) -> Tensor:
+    z, _ = diffuse(schedule, x, t, noise)
+    target = distillation_target(teacher, z, t, 2 * student_steps, schedule)
+    err = (student(z, t.float()).float() - target.float()) ** 2
+    return err.flatten(1).mean(dim=1).mean()
+
+
+def distillation_losses(student_layer: Callable[..., Tensor], student_voxel: Callable[..., Tensor],
+                        teacher_layer: Callable[..., Tensor], teacher_voxel: Callable[..., Tensor],
+                        layers: Tensor, voxels: Tensor, cond: Tensor, schedule: CosineSchedule,
+                        student_steps: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """v-losses of both students on one preprocessed batch -> ``{"loss", "layer", "voxel"}`` (batch means)."""
+    b, dev = layers.shape[0], layers.device
+    t_layer = student_times(b, student_steps, dev, generator)
+    t_voxel = student_times(b, student_steps, dev, generator)
+    n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
+    n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
+    layer = _distill_one(lambda z, t: student_layer(z, t, cond), lambda z, t: teacher_layer(z, t, cond),
+                         layers, t_layer, n_layer, schedule, student_steps)
+    voxel = _distill_one(lambda z, t: student_voxel(z, t, cond, layers), lambda z, t: teacher_voxel(z, t, cond, layers),
+                         voxels, t_voxel, n_voxel, schedule, student_steps)
+    return {"loss": layer + voxel, "layer": layer, "voxel": voxel}
