@@ -1,0 +1,185 @@
+"""pipeline.generate: per-index energies and noise, batch-size and rank independence, resume after a stop
+or a kill, the plan check, the manifest, and errors. The model is a tiny ds2 pair with random weights
+(its zero-initialised output layers randomised), exported like a finished training run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, randomize_zero_init
+from pipeline import run_layout
+from pipeline.config import load_config, save_resolved
+from pipeline.config_loader import ConfigError
+from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed
+from pipeline.ema import EMA, export_ema
+from pipeline.engine import DiffusionPair
+from pipeline.generate import IncidentEnergies, run
+from pipeline.models import build_models
+from pipeline.sample_store import MANIFEST_FILE
+from pipeline.store import ShowerStore, StoreError
+from pipeline.train import write_done
+from test_train import clean_env, store, write_config  # noqa: F401 - the module's store fixture
+
+N = 150  # 3 blocks of 64 (the last one partial), shards of 32
+
+
+@pytest.fixture(scope="module")
+def model_config(tmp_path_factory, store) -> Path:  # noqa: F811
+    """A config whose teacher run directory holds random tiny ds2 weights, 2 DDIM steps."""
+    d = tmp_path_factory.mktemp("generate")
+    config = write_config(d / "cfg.yaml", store, d / "run")
+    raw = yaml.safe_load(config.read_text())
+    raw["diffusion"] = {"sample_steps": 2}
+    raw["distill"] = {"final_steps": 2}
+    raw["generate"] = {"n": N, "seed": 3, "model": "teacher", "out": str(d / "a.zarr"), "block_size": 64,
+                       "batch_size": 16, "layout": {"chunk_rows": 16, "shard_rows": 32}}
+    config.write_text(yaml.safe_dump(raw))
+    cfg = load_config(config)
+    torch.manual_seed(0)
+    layer_net, unet = build_models(cfg.model, ShowerStore(store).geometry)
+    pair = DiffusionPair(randomize_zero_init(layer_net), randomize_zero_init(unet), CosineSchedule())
+    run_dir = Path(cfg.run.dir)
+    (run_dir / "ema").mkdir(parents=True)
+    export_ema(EMA(pair, 0.9), run_dir / "ema" / "ema.safetensors", {})
+    save_resolved(cfg, run_dir)
+    write_done(cfg, run_dir, str(config), step=0, ema="ema/ema.safetensors", checkpoint="checkpoints/none",
+               stage=0, sample_steps=2, ema_sha256="random")
+    return config
+
+
+def gen_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.generate", "--config", str(config), *args]
+
+
+def read_sample(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    s = ShowerStore(path)
+    return s.showers[:], s.energies_array[:]
+
+
+@pytest.fixture(scope="module")
+def reference_sample(model_config) -> tuple[np.ndarray, np.ndarray]:
+    """The sample of the config as given (batch 16, one rank)."""
+    cfg = load_config(model_config)
+    assert run(cfg, rank=0, world_size=1) == 0
+    return read_sample(run_layout.sample_path(cfg))
+
+
+def test_energies_and_noise_depend_only_on_the_index():
+    e = IncidentEnergies(5, (1e3, 1e6), None)
+    whole = e(0, 4000)
+    np.testing.assert_array_equal(whole[1000:1010], e(1000, 1010))
+    assert whole.min() >= 1e3 and whole.max() <= 1e6
+    logs = np.log10(whole)  # log-uniform on [3, 6]: mean 4.5, sd 3 / sqrt(12)
+    assert abs(logs.mean() - 4.5) < 0.05 and abs(logs.std() - 3 / 12**0.5) < 0.05
+    assert not np.array_equal(whole[:10], IncidentEnergies(6, (1e3, 1e6), None)(0, 10))
+    seeds = [shower_seed(5, i) for i in range(6)]
+    together = NoiseSource(seeds)((3, 4), 0, "voxels")
+    apart = torch.cat([NoiseSource(seeds[:2])((3, 4), 0, "voxels"), NoiseSource(seeds[2:])((3, 4), 0, "voxels")])
+    assert torch.equal(together, apart)
+
+
+def test_sample_is_complete_with_a_manifest(model_config, reference_sample):
+    cfg = load_config(model_config)
+    path = run_layout.sample_path(cfg)
+    showers, energies = reference_sample
+    assert showers.shape == (N, 45, 16, 9) and energies.shape == (N,)
+    np.testing.assert_array_equal(energies, IncidentEnergies(3, cfg.generate.energy_range, None)(0, N))
+    assert (showers >= 0).all() and (showers.sum(axis=(1, 2, 3)) > 0).all()
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    assert manifest["n"] == N and manifest["seed"] == 3 and manifest["n_blocks"] == 3
+    assert manifest["sample_steps"] == 2 and manifest["stage"] == 0 and manifest["model"]["preset"] == "tiny"
+    assert manifest["timing"]["rank_seconds"] > 0 and manifest["config"]["generate"]["n"] == N
+    assert sorted(p.name for p in (path / "blocks").iterdir()) == [f"block_{b:07d}.json" for b in range(3)]
+    assert run(cfg, rank=0, world_size=1) == 0  # already complete: nothing to do
+
+
+def test_batch_size_and_ranks_do_not_change_the_sample(tmp_path, model_config, reference_sample):
+    showers, energies = reference_sample
+    cfg = load_config(model_config, [f"generate.out={tmp_path / 'b.zarr'}", "generate.batch_size=7"])
+    assert run(cfg, rank=0, world_size=1) == 0
+    b_showers, b_energies = read_sample(tmp_path / "b.zarr")
+    np.testing.assert_array_equal(b_energies, energies)
+    np.testing.assert_allclose(b_showers, showers, rtol=1e-4, atol=1e-4)
+
+    out = tmp_path / "c.zarr"
+    procs = [subprocess.Popen(gen_cmd(model_config, "--out", str(out), "--rank", str(r), "--world-size", "2"),
+                              cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert any("complete" in e for e in errors)
+    c_showers, c_energies = read_sample(out)
+    np.testing.assert_array_equal(c_energies, energies)
+    np.testing.assert_allclose(c_showers, showers, rtol=1e-4, atol=1e-4)
+    ranks = {json.loads(p.read_text())["rank"] for p in (out / "blocks").iterdir()}
+    assert ranks == {0, 1}
+
+
+@pytest.mark.parametrize("how", ["SIGUSR1", "SIGKILL"])
+def test_stopped_or_killed_run_resumes_to_the_same_sample(tmp_path, model_config, reference_sample, how):
+    out = tmp_path / "d.zarr"
+    cmd = gen_cmd(model_config, "--out", str(out), "--set", "generate.batch_size=16")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "blocks" / "block_0000000.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    os.kill(proc.pid, getattr(signal, how))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (75 if how == "SIGUSR1" else -9), err
+    assert not (out / MANIFEST_FILE).exists()
+    first_block = ShowerStore(out, require_complete=False).showers[:64]
+    if how == "SIGUSR1":
+        assert "re-run the same command" in err
+    again = subprocess.run(cmd, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    showers, energies = read_sample(out)
+    np.testing.assert_array_equal(showers[:64], first_block)  # the finished block was kept, not redone
+    np.testing.assert_array_equal(energies, reference_sample[1])
+    np.testing.assert_allclose(showers, reference_sample[0], rtol=1e-4, atol=1e-4)  # other thread count
+    assert json.loads((out / MANIFEST_FILE).read_text())["n"] == N
+    assert not list(out.rglob("*.partial"))
+
+
+def test_a_different_plan_is_refused(tmp_path, model_config, reference_sample):
+    cfg = load_config(model_config, ["generate.seed=4"])
+    with pytest.raises(StoreError, match="another plan .seed: 3, now 4"):
+        run(cfg, rank=0, world_size=1)
+
+
+def test_energies_from_a_reference_sample(tmp_path, model_config, store):  # noqa: F811
+    cfg = load_config(model_config, [f"generate.out={tmp_path / 'e.zarr'}", "generate.n=0",
+                                     f"generate.energies_from={store}"])
+    assert run(cfg, rank=0, world_size=1) == 0
+    _, energies = read_sample(tmp_path / "e.zarr")
+    np.testing.assert_array_equal(energies, ShowerStore(store).energies)
+    too_many = load_config(model_config, [f"generate.out={tmp_path / 'f.zarr'}", "generate.n=100000",
+                                          f"generate.energies_from={store}"])
+    with pytest.raises(ConfigError, match="has only 320"):
+        run(too_many, rank=0, world_size=1)
+
+
+def test_errors_name_the_problem(tmp_path, model_config):
+    with pytest.raises(ConfigError, match="no DONE.json"):
+        run(load_config(model_config, [f"generate.model={tmp_path}"]), rank=0, world_size=1)
+    with pytest.raises(ConfigError, match="needs generate.energies_from"):
+        load_config(model_config, ["generate.n=0"])
+    with pytest.raises(ConfigError, match="multiple of generate.layout.shard_rows"):
+        load_config(model_config, ["generate.block_size=40"])
+    with pytest.raises(ConfigError, match=r"--rank 2 is not in \[0, --world-size 2\)"):
+        run(load_config(model_config), rank=2, world_size=2)
+    proc = subprocess.run(gen_cmd(model_config, "--model", "stage_x"), cwd=REPO, env=clean_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "generate.model: expected final, teacher, stage_K" in proc.stderr
