@@ -1,12 +1,15 @@
 """Convert CaloChallenge HDF5 files into one sharded, compressed zarr v3 store.
 
     python -m data_tools.convert IN_1.hdf5 [IN_2.hdf5 ...] --geometry ds3 --out STORE.zarr
+    python -m data_tools.convert --config CFG [--set K=V]   # data.inputs -> data.store (data.* settings)
     mpirun -n 8 python -m data_tools.convert ...        # or srun --mpi=pmi2
 
 Streams shard by shard (bounded memory), computes the preprocessing statistics in the same pass,
 and is resumable: each finished shard leaves a small marker with its statistics; a re-run of the
 same command skips finished shards, and the store is marked complete (attrs written last) only
-when every shard is there. With MPI each rank converts disjoint whole shards.
+when every shard is there. With MPI each rank converts disjoint whole shards. With ``--config`` a
+missing stand-in input is simulated first (``data.standin``, on rank 0); explicit options override
+the config's values.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from data_tools.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, inspect_file, read_energies
-from pipeline.config_loader import ConfigError
+from data_tools.standin import ensure_standin
+from pipeline.config_loader import ConfigError, add_config_arguments
 from pipeline.geometry import GEOMETRY_FILES, Geometry, load_geometry
 from pipeline.mpi_comm import world_comm
 from pipeline.shower_stats import block_stats, merge_stats, stats_from_dict, stats_to_dict
@@ -263,21 +267,78 @@ def convert(inputs: Sequence[str | Path], out: str | Path, geometry_name: str, *
     return out
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_tools.convert", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", type=Path, help="CaloChallenge HDF5 files (incident_energies, showers)")
-    p.add_argument("--geometry", required=True, choices=sorted(GEOMETRY_FILES), help="binning of the inputs")
-    p.add_argument("--out", required=True, type=Path, help="output zarr store (directory)")
-    p.add_argument("--chunk-rows", type=int, default=StoreLayout.chunk_rows, help="showers per compressed chunk")
-    p.add_argument("--shard-rows", type=int, default=StoreLayout.shard_rows, help="showers per shard file")
-    p.add_argument("--codec", default=StoreLayout.codec, choices=["zstd", "blosc-zstd-shuffle", "blosc-zstd-bitshuffle",
-                                                                  "blosc-lz4-bitshuffle", "gzip"])
-    p.add_argument("--level", type=int, default=StoreLayout.level, help="compression level")
-    p.add_argument("--validation-fraction", type=float, default=0.1, help="fraction of chunks held out for validation")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
+    p.add_argument("inputs", nargs="*", type=Path,
+                   help="CaloChallenge HDF5 files (incident_energies, showers); with --config default data.inputs")
+    p.add_argument("--geometry", choices=sorted(GEOMETRY_FILES), help="binning of the inputs (with --config: data.geometry)")
+    p.add_argument("--out", type=Path, help="output zarr store (directory; with --config: data.store)")
+    p.add_argument("--chunk-rows", type=int, help=f"showers per compressed chunk (default {StoreLayout.chunk_rows})")
+    p.add_argument("--shard-rows", type=int, help=f"showers per shard file (default {StoreLayout.shard_rows})")
+    p.add_argument("--codec", choices=["zstd", "blosc-zstd-shuffle", "blosc-zstd-bitshuffle", "blosc-lz4-bitshuffle", "gzip"],
+                   help=f"compression codec (default {StoreLayout.codec})")
+    p.add_argument("--level", type=int, help=f"compression level (default {StoreLayout.level})")
+    p.add_argument("--validation-fraction", type=float, help="fraction of chunks held out for validation (default 0.1)")
+    p.add_argument("--split-seed", type=int, help="seed of the train/validation split (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store made from other inputs")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    return p.parse_args(argv)
+    add_config_arguments(p, required=False)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; without ``--config`` the inputs, ``--geometry`` and ``--out`` are required."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:
+        missing = [name for name, value in (("INPUTS", args.inputs), ("--geometry", args.geometry), ("--out", args.out))
+                   if not value]
+        if missing:
+            parser.error(f"the following arguments are required without --config: {', '.join(missing)}")
+        if args.overrides:
+            parser.error("--set needs --config")
+    return args
+
+
+def settings_from_args(args: argparse.Namespace, comm: Any = None) -> dict[str, Any]:
+    """convert()'s arguments from the command line, filled in from ``--config`` where one is given.
+
+    With ``--config`` and the inputs taken from ``data.inputs``, a missing stand-in input is
+    simulated first (``data.standin``), on rank 0 only; the other ranks wait for it.
+    """
+    cfg = None
+    if args.config is not None:
+        from pipeline.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+    d = cfg.data if cfg is not None else None
+    base = d.layout if d is not None else StoreLayout()
+    layout = StoreLayout(*(base_value if value is None else value for value, base_value in (
+        (args.chunk_rows, base.chunk_rows), (args.shard_rows, base.shard_rows), (args.codec, base.codec),
+        (args.level, base.level))))
+    settings = {
+        "inputs": list(args.inputs) or [Path(p) for p in d.inputs],
+        "out": args.out or Path(d.store),
+        "geometry_name": args.geometry or d.geometry,
+        "layout": layout,
+        "validation_fraction": args.validation_fraction if args.validation_fraction is not None
+        else (d.validation_fraction if d is not None else 0.1),
+        "split_seed": args.split_seed if args.split_seed is not None else (d.split_seed if d is not None else 0),
+    }
+    if d is not None and not args.inputs:
+        rank = comm.Get_rank() if comm is not None else 0
+        error = None
+        if rank == 0:
+            try:
+                for path in d.inputs:
+                    ensure_standin(path, d.standin, d.geometry, "data.inputs", progress=not args.quiet)
+            except (InputError, ConfigError, OSError) as err:
+                error = err
+        if comm is not None:  # the other ranks wait here until rank 0 has simulated (or failed)
+            error = comm.bcast(error, root=0)
+        if error is not None:
+            raise error
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,9 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     comm = None
     try:
         comm = world_comm()
-        layout = StoreLayout(args.chunk_rows, args.shard_rows, args.codec, args.level)
-        convert(args.inputs, args.out, args.geometry, layout=layout, validation_fraction=args.validation_fraction,
-                split_seed=args.split_seed, overwrite=args.overwrite, comm=comm, progress=not args.quiet)
+        settings = settings_from_args(args, comm)
+        convert(**settings, overwrite=args.overwrite, comm=comm, progress=not args.quiet)
     except (InputError, StoreError, ConfigError, OSError, RuntimeError) as err:
         if comm is None or comm.Get_rank() == 0:
             print(f"convert: error: {err}", file=sys.stderr)

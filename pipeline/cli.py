@@ -15,7 +15,11 @@ COMMANDS: dict[str, str] = {
     "demo": "pipeline.demo",
     "info": "pipeline.info",
     "train": "pipeline.train",
+    "distill": "pipeline.distill",
+    "generate": "pipeline.generate",
     "evaluate": "pipeline.evaluate",
+    "launch": "pipeline.launch",
+    "export": "data_tools.export",
 }
 
 

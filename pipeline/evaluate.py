@@ -1,12 +1,22 @@
 """Compare a generated shower sample with a reference sample using the CaloChallenge metrics.
 
     python -m pipeline.evaluate --generated G.hdf5 --reference R.hdf5|R.zarr --geometry ds3 --out DIR
+    python -m pipeline.evaluate --config CFG [--set K=V] [options]
 
 Either sample may be a CaloChallenge HDF5 file or a zarr store of the same geometry. Writes
-``DIR/report.json`` (every number), ``DIR/report.md`` (summary tables beside the published
-results) and PNG plots. Memory: the samples are streamed in blocks; the per-shower high-level
-features (~2.2 kB per shower) and the low-level classifier's sparse subsample
-(``--classifier-max`` showers per sample, ~6 bytes per non-zero voxel) stay in memory.
+``DIR/report.md`` (summary tables beside the published results), PNG plots and, last and
+atomically, ``DIR/report.json`` (every number; the stage's completion marker).
+
+With ``--config``: the generated sample is the export (``generate.export``) when it exists, else the
+zarr sample (``generate.out``); the reference is ``evaluate.reference`` (simulated from
+``evaluate.reference_standin`` when missing); DIR is ``evaluate.out``; the geometry is
+``data.geometry``; ``evaluate.classifiers``, ``evaluate.classifier_epochs`` and
+``evaluate.extra_args`` set the options. Options given on the command line override the config. A
+finished evaluation (``report.json`` present) is skipped unless ``--overwrite``.
+
+Memory: the samples are streamed in blocks; the per-shower high-level features (~2.2 kB per
+shower) and the low-level classifier's sparse subsample (``--classifier-max`` showers per sample,
+~6 bytes per non-zero voxel) stay in memory.
 """
 
 from __future__ import annotations
@@ -19,10 +29,12 @@ from typing import Sequence
 import torch
 
 from data_tools.calochallenge_hdf5 import InputError
+from pipeline.config_loader import ConfigError, add_config_arguments
 from pipeline.evaluation.classifier import ClassifierConfig
 from pipeline.evaluation.runner import EvalOptions, evaluate_samples
 from pipeline.evaluation.samples import open_sample
 from pipeline.geometry import GEOMETRY_FILES
+from pipeline.store import StoreError
 
 
 def _positive(text: str) -> int:
@@ -34,10 +46,10 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--generated", required=True, help="generated sample (CaloChallenge HDF5 or zarr store)")
-    p.add_argument("--reference", required=True, help="reference sample (CaloChallenge HDF5 or zarr store)")
+    p.add_argument("--generated", help="generated sample (CaloChallenge HDF5 or zarr store)")
+    p.add_argument("--reference", help="reference sample (CaloChallenge HDF5 or zarr store)")
     p.add_argument("--geometry", choices=sorted(GEOMETRY_FILES), help="default: from the store or the voxel count")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", type=Path, help="output directory")
     p.add_argument("--bins", type=_positive, default=50, help="histogram bins of the separation powers (default 50)")
     p.add_argument("--classifiers", default="low,high", help="comma list of low, high, or 'none' (default low,high)")
     p.add_argument("--classifier-max", type=_positive, default=50_000,
@@ -59,7 +71,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                   help="with --config: evaluate again even when DIR/report.json exists")
+    add_config_arguments(p, required=False)
     return p
+
+
+def config_argv(cfg, parser: argparse.ArgumentParser) -> list[str]:
+    """The command-line options a config stands for (``evaluate.extra_args`` last)."""
+    from pipeline import run_layout
+
+    export = run_layout.export_path(cfg)
+    generated = export if export.exists() else run_layout.sample_path(cfg)
+    e = cfg.evaluate
+    argv = ["--generated", str(generated), "--out", str(run_layout.evaluation_dir(cfg)), "--geometry", cfg.data.geometry,
+            "--classifiers", e.classifiers, "--classifier-epochs", str(e.classifier_epochs)]
+    if e.reference is not None:
+        argv += ["--reference", e.reference]
+    for key in ("--config", "--set", "--generated", "--reference", "--out"):
+        if any(arg == key or arg.startswith(key + "=") for arg in e.extra_args):
+            raise ConfigError(f"evaluate.extra_args: {key} cannot be set here (use the evaluate/generate keys)")
+    _, unknown = parser.parse_known_args(list(e.extra_args))
+    if unknown:
+        raise ConfigError(f"evaluate.extra_args: unrecognised pipeline.evaluate arguments {unknown}")
+    return argv + list(e.extra_args)
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    """Parse the command line, filled in from ``--config`` where given: returns (args, config or None)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    cfg = None
+    if args.config is not None:
+        from pipeline.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        args = parser.parse_args([*config_argv(cfg, parser), *argv])  # the command line comes last: it wins
+        if args.reference is None:
+            parser.error("no reference sample: set evaluate.reference in the config or pass --reference")
+    else:
+        missing = [k for k in ("generated", "reference", "out") if getattr(args, k) is None]
+        if missing:
+            parser.error(f"the following arguments are required without --config: "
+                         f"{', '.join('--' + k for k in missing)}")
+        if args.overrides:
+            parser.error("--set needs --config")
+    return args, cfg
 
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
@@ -77,15 +135,32 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args, cfg = parse_args(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report_file = args.out / "report.json"
+    if cfg is not None and report_file.exists() and not args.overwrite:
+        print(f"evaluate: {report_file} exists: this evaluation is finished (pass --overwrite to run it again)")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     opts = options_from_args(args)
     try:
+        from data_tools.export import check_generation_complete
+
+        check_generation_complete(args.generated)
         generated = open_sample(args.generated, args.geometry, "generated")
+        if cfg is not None and args.reference == cfg.evaluate.reference:
+            from data_tools.standin import ensure_standin
+
+            ensure_standin(args.reference, cfg.evaluate.reference_standin, cfg.data.geometry, "evaluate.reference",
+                           progress=not args.quiet)
         reference = open_sample(args.reference, args.geometry, "reference")
+        report_file.unlink(missing_ok=True)  # an interrupted re-run must not look finished
         report = evaluate_samples(generated, reference, opts, args.out)
-    except InputError as err:
+    except (InputError, StoreError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cls, pd = report["classifier"], report.get("physics_distance")

@@ -155,3 +155,96 @@ def test_cli_success_and_error(tmp_path, small_ds3):
     layout = run_module("data_tools.convert", str(small_ds3[0]), "--geometry", "ds3", "--out", str(tmp_path / "z.zarr"),
                         "--chunk-rows", "8", "--shard-rows", "12")
     assert layout.returncode == 1 and "shard_rows: must be a positive multiple of chunk_rows" in layout.stderr
+
+
+def _config(tmp_path, standin: bool = True) -> str:
+    data = {"geometry": "ds2", "inputs": [str(tmp_path / "inputs" / "standin_ds2.hdf5")], "store": str(tmp_path / "s.zarr"),
+            "layout": {"chunk_rows": 8, "shard_rows": 32}, "validation_fraction": 0.25, "split_seed": 3}
+    if standin:
+        data["standin"] = {"n": 2048, "seed": 5, "workers": 1}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps({"run": {"dir": str(tmp_path / "run")}, "data": data}))  # JSON is YAML
+    return str(path)
+
+
+def test_config_mode_simulates_the_standin_converts_and_skips_a_rerun(tmp_path, capsys):
+    from data_tools.convert import main
+
+    cfg = _config(tmp_path)
+    assert main(["--config", cfg, "--set", "data.standin.n=40", "--quiet"]) == 0
+    source = tmp_path / "inputs" / "standin_ds2.hdf5"
+    assert source.is_file() and [p.name for p in source.parent.iterdir()] == [source.name]  # no temporary left
+    store = ShowerStore(tmp_path / "s.zarr")
+    assert store.n == 40 and store.geometry.name == "ds2" and (store.chunk_rows, store.shard_rows) == (8, 32)
+    assert store.attrs["split"]["validation_fraction"] == 0.25 and store.attrs["split"]["seed"] == 3
+    with h5py.File(source, "r") as f:
+        assert np.array_equal(store.showers[:].reshape(40, -1), f["showers"][:].astype(np.float32))
+    before, mtime = tree_bytes(tmp_path / "s.zarr"), source.stat().st_mtime_ns
+    assert main(["--config", cfg, "--set", "data.standin.n=40"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert tree_bytes(tmp_path / "s.zarr") == before and source.stat().st_mtime_ns == mtime
+    # explicit options override the config's values: another layout is another store
+    assert main(["--config", cfg, "--chunk-rows", "16", "--quiet"]) == 1
+    assert "different inputs or settings" in capsys.readouterr().err
+    # explicit inputs and --out override data.inputs and data.store (no stand-in involved)
+    other = tmp_path / "other.hdf5"
+    write_random_showers(other, 20, "ds2", seed=8)
+    assert main([str(other), "--config", cfg, "--out", str(tmp_path / "o.zarr"), "--quiet"]) == 0
+    assert ShowerStore(tmp_path / "o.zarr").n == 20
+
+
+def test_config_mode_missing_input_without_standin_is_an_error(tmp_path, capsys):
+    from data_tools.convert import main
+
+    assert main(["--config", _config(tmp_path, standin=False), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    missing = tmp_path / "inputs" / "standin_ds2.hdf5"
+    assert err.startswith("convert: error: data.inputs: ")
+    assert f"{missing} does not exist (and data.standin is not set to simulate it)" in err
+    assert not (tmp_path / "s.zarr").exists() and not missing.parent.exists()
+
+
+def test_cli_without_config_needs_inputs_geometry_and_out(tmp_path):
+    from data_tools.convert import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--geometry", "ds2", "--out", str(tmp_path / "x.zarr")])
+    with pytest.raises(SystemExit):
+        parse_args([str(tmp_path / "a.hdf5"), "--out", str(tmp_path / "x.zarr")])
+    args = parse_args([str(tmp_path / "a.hdf5"), "--geometry", "ds2", "--out", str(tmp_path / "x.zarr")])
+    assert args.config is None and args.chunk_rows is None
+
+
+def test_ensure_standin(tmp_path):
+    from data_tools.standin import ensure_standin
+    from pipeline.config import StandinConfig
+
+    existing = tmp_path / "there.hdf5"
+    existing.write_bytes(b"untouched")
+    assert ensure_standin(existing, None, "ds2", "data.inputs") == existing and existing.read_bytes() == b"untouched"
+    with pytest.raises(InputError, match=r"evaluate.reference: .*ref.hdf5 does not exist \(and evaluate.reference_standin"):
+        ensure_standin(tmp_path / "ref.hdf5", None, "ds2", "evaluate.reference")
+    with pytest.raises(InputError, match="simulated as a CaloChallenge HDF5 file"):
+        ensure_standin(tmp_path / "ref.zarr", StandinConfig(n=4), "ds2", "evaluate.reference")
+    with pytest.raises(InputError, match="cannot simulate stand-in"):
+        ensure_standin(tmp_path / "ds1.hdf5", StandinConfig(n=4), "ds1-pions", "data.inputs", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there.hdf5"]
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_config_mode_under_mpi_simulates_once_on_rank_0(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO, find_mpirun
+
+    mpirun = find_mpirun()
+    if mpirun is None:
+        pytest.skip("no mpirun on PATH or beside the interpreter (pip install mpich mpi4py)")
+    pytest.importorskip("mpi4py")
+    proc = subprocess.run([mpirun, "-n", "2", sys.executable, "-m", "data_tools.convert", "--config", _config(tmp_path),
+                           "--set", "data.standin.n=70"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("[standin] simulating") == 1
+    assert ShowerStore(tmp_path / "s.zarr").n == 70

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -178,8 +179,11 @@ def evaluate_samples(generated: Sample, reference: Sample, opts: EvalOptions, ou
     if out is not None:
         from pipeline.evaluation.report import write_markdown
 
-        (out / "report.json").write_text(json.dumps(clean_json(report), indent=1))
         write_markdown(report, out / "report.md")
+        # report.json last and atomically: it is the evaluation stage's completion marker
+        tmp = out / "report.json.tmp"
+        tmp.write_text(json.dumps(clean_json(report), indent=1))
+        os.replace(tmp, out / "report.json")
     return report
 
 
