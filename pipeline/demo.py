@@ -1,11 +1,13 @@
-"""The main job on the embedded default: the pipeline's stages in order on one config.
+"""The main job on the embedded default: the whole chain on one config, on this machine.
 
-    python -m pipeline.demo --config configs/smoke.yaml
+    python -m pipeline.demo --config configs/smoke.yaml [--set KEY=VALUE ...]
 
-Stages so far: simulate stand-in inputs (when configured and missing), convert them into the zarr
-store, stream the training and validation splits once, then train the models (``pipeline.train``
-in a subprocess, as a cluster job would run it). Every stage is idempotent, so re-running resumes
-where the last run stopped.
+Simulates the stand-in inputs (when configured and missing), converts them into the zarr store and
+streams both splits once (in this process, printing a summary), then runs every later stage as a
+cluster job would run it, as ``python -m <stage> --config ...`` subprocesses in the order of
+:func:`pipeline.launch_plan.chain`: train, distill stages 1..K, generate, export, evaluate. Every stage
+is idempotent, so re-running resumes where the last run stopped and skips what is finished. Ends by
+printing where the sample, the report and the plots are.
 """
 
 from __future__ import annotations
@@ -21,25 +23,13 @@ from typing import Sequence
 from data_tools.calochallenge_hdf5 import InputError
 from data_tools.convert import convert
 from data_tools.inspect import summarize
-from pipeline.config import Config, load_config, save_resolved
+from data_tools.standin import ensure_standin
+from pipeline import run_layout
+from pipeline.config import Config, load_config
 from pipeline.config_loader import ConfigError, add_config_arguments
 from pipeline.data import ShowerStream
+from pipeline.launch_plan import Stage, chain
 from pipeline.store import StoreError
-
-
-def ensure_inputs(cfg: Config) -> None:
-    """Simulate the stand-in input file if the config asks for one and it is missing."""
-    missing = [p for p in cfg.data.inputs if not Path(p).is_file()]
-    if not missing:
-        return
-    if cfg.data.standin is None:
-        raise InputError(f"data.inputs: {missing[0]} does not exist (and data.standin is not set to simulate it)")
-    from data_tools.simulate import simulate_file
-
-    s = cfg.data.standin
-    print(f"[demo] simulating {s.n} stand-in {cfg.data.geometry} showers -> {missing[0]}")
-    Path(missing[0]).parent.mkdir(parents=True, exist_ok=True)
-    simulate_file(missing[0], cfg.data.geometry, s.n, seed=s.seed, workers=s.workers)
 
 
 def stream_once(cfg: Config, split: str) -> tuple[int, float]:
@@ -54,37 +44,65 @@ def stream_once(cfg: Config, split: str) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def train_stage(config_path: str, overrides: Sequence[str]) -> None:
-    """``python -m pipeline.train`` with the same config; resumes or skips a finished run."""
-    cmd = [sys.executable, "-m", "pipeline.train", "--config", config_path]
+def run_stage(stage: Stage, config_path: str, overrides: Sequence[str]) -> float:
+    """Run one stage's command (output passes through); returns its wall time in seconds."""
+    cmd = stage.command(config_path, sys.executable)
     for assignment in overrides:
         cmd += ["--set", assignment]
+    print(f"[demo] {stage.name}: {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
-        raise RuntimeError(f"training exited with code {proc.returncode}; re-run the demo to resume")
+        raise RuntimeError(f"stage {stage.name} exited with code {proc.returncode}; fix the cause and re-run the demo "
+                           f"to resume")
+    return time.perf_counter() - t0
+
+
+def summary(cfg: Config) -> list[str]:
+    """What each finished stage produced, in a few lines."""
+    lines = []
+    for k in range(run_layout.n_stages(cfg) + 1):
+        done = json.loads((run_layout.distill_dir(cfg, k) / run_layout.DONE_FILE).read_text())
+        what = "trained" if k == 0 else f"distilled (stage {k})"
+        lines.append(f"{what}: {done['sample_steps']} sampling steps, {done['step']} optimiser steps, final loss "
+                     f"{done['final_losses'].get('train_loss', float('nan')):.4f} -> {run_layout.distill_dir(cfg, k)}")
+    sample = run_layout.sample_path(cfg)
+    manifest = json.loads((sample / run_layout.MANIFEST_FILE).read_text())
+    lines.append(f"generated: {manifest['n']} showers with the {manifest['sample_steps']}-step model, "
+                 f"{manifest['timing']['ms_per_shower_per_rank']:.1f} ms per shower -> {sample}")
+    lines.append(f"exported: {run_layout.export_path(cfg)}")
+    out = run_layout.evaluation_dir(cfg)
+    report = json.loads((out / run_layout.REPORT_FILE).read_text())
+    aucs = {k: v.get("auc_mean", v.get("auc")) for k, v in report.get("classifier", {}).items()}
+    auc = ", ".join(f"{k}-level classifier AUC {v:.3f}" for k, v in aucs.items() if isinstance(v, float))
+    lines.append(f"evaluated: {out / 'report.md'} ({auc or 'no classifiers'}); {len(report.get('plots', []))} plots in {out}")
+    return lines
 
 
 def run(cfg: Config, config_path: str, overrides: Sequence[str] = ()) -> None:
-    run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[demo] resolved config -> {save_resolved(cfg)}")
-    ensure_inputs(cfg)
+    t_start = time.perf_counter()
     d = cfg.data
-    print(f"[demo] converting {len(d.inputs)} file(s) -> {d.store}")
+    for path in d.inputs:
+        ensure_standin(path, d.standin, d.geometry, "data.inputs")
+    print(f"[demo] converting {len(d.inputs)} file(s) -> {d.store}", flush=True)
     convert(d.inputs, d.store, d.geometry, layout=d.layout, validation_fraction=d.validation_fraction,
             split_seed=d.split_seed)
-    summary = summarize(d.store)
-    print(f"[demo] store: {summary['n']} showers {summary['shape'][1:]}, {summary['size_bytes'] / 2**20:.1f} MiB "
-          f"(x{summary['compression_ratio']} vs float32), zero fraction {summary['zero_fraction_train']:.3f}, "
-          f"mean E_tot/E_inc {summary['etot_over_einc_mean_train']:.3f}")
+    info = summarize(d.store)
+    print(f"[demo] store: {info['n']} showers {info['shape'][1:]}, {info['size_bytes'] / 2**20:.1f} MiB "
+          f"(x{info['compression_ratio']} vs float32), zero fraction {info['zero_fraction_train']:.3f}, "
+          f"mean E_tot/E_inc {info['etot_over_einc_mean_train']:.3f}")
     for split in ("train", "validation"):
         n, seconds = stream_once(cfg, split)
         print(f"[demo] streamed {split}: {n} showers in {seconds:.2f} s ({n / seconds:.0f} showers/s)")
-    print(f"[demo] training {cfg.model.preset} models for {cfg.train.max_steps} steps -> {run_dir}")
-    train_stage(config_path, overrides)
-    done = json.loads((run_dir / "DONE.json").read_text())
-    print(f"[demo] trained: step {done['step']}, EMA weights {run_dir / done['ema']}, logs {run_dir / 'logs'}")
-    print(f"[demo] done; outputs under {run_dir}")
+    for stage in chain(cfg)[1:]:
+        if stage.is_done():
+            print(f"[demo] {stage.name}: already complete ({stage.marker})")
+            continue
+        seconds = run_stage(stage, config_path, overrides)
+        print(f"[demo] {stage.name}: done in {seconds:.0f} s", flush=True)
+    print(f"[demo] finished in {time.perf_counter() - t_start:.0f} s:")
+    for line in summary(cfg):
+        print(f"[demo]   {line}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data_tools.calochallenge_hdf5 import InputError
 from pipeline import run_layout
 from pipeline.checkpoint import StopSignals
 from pipeline.config import Config, load_config
@@ -210,6 +211,14 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
     sampler = load_sampler(run_layout.model_dir(cfg), device, compile=g.compile)
     if sampler.geometry.name != cfg.data.geometry:
         raise ConfigError(f"data.geometry: {cfg.data.geometry}, but the model was trained on {sampler.geometry.name}")
+    if g.energies_from is not None and g.energies_from == cfg.evaluate.reference:  # simulate a stand-in reference
+        from data_tools.standin import ensure_standin
+
+        try:
+            ensure_standin(g.energies_from, cfg.evaluate.reference_standin, cfg.data.geometry, "generate.energies_from",
+                           standin_key="evaluate.reference_standin")
+        except InputError as err:
+            raise ConfigError(str(err)) from None
     energies = IncidentEnergies(g.seed, g.energy_range, g.energies_from)
     n = g.n or len(energies.reference)  # type: ignore[arg-type]
     if energies.reference is not None and n > len(energies.reference):
