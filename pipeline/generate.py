@@ -77,14 +77,16 @@ def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False
         raise ConfigError(f"generate.model: {model_dir} has no {run_layout.DONE_FILE}: the training or distillation "
                           f"stage has not finished there")
     cfg = load_config(done["config"])
-    parts, _ = load_ema_weights(done["ema"], device)
+    parts, meta = load_ema_weights(done["ema"], device)
     store_path = Path(done["store"])
-    try:
-        stats_store = ShowerStore(store_path)
-    except StoreError as err:
-        raise ConfigError(f"generate.model: the preprocessing statistics come from the training store {store_path}, "
-                          f"which cannot be read: {err}") from None
-    geometry = stats_store.geometry
+    stats = meta.get("preprocessing_stats")
+    if stats is None:  # exports without the statistics: read them from the training store
+        try:
+            stats = ShowerStore(store_path).stats
+        except StoreError as err:
+            raise ConfigError(f"generate.model: the preprocessing statistics come from the training store "
+                              f"{store_path}, which cannot be read: {err}") from None
+    geometry = load_geometry(done["geometry"])
     layer_net, unet = build_models(cfg.model, geometry)
     layer_net.load_state_dict(parts["layer_net"])
     unet.load_state_dict(parts["voxel_unet"])
@@ -94,7 +96,7 @@ def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False
     info = {"model_dir": str(model_dir.resolve()), "stage": done.get("stage", 0),
             "sample_steps": done.get("sample_steps", cfg.diffusion.sample_steps), "ema": done["ema"],
             "ema_sha256": done.get("ema_sha256"), "preset": cfg.model.preset, "training_store": str(store_path)}
-    return Sampler(layer_net, unet, Preprocessor(stats_store.stats, geometry).to(device),
+    return Sampler(layer_net, unet, Preprocessor(stats, geometry).to(device),
                    CosineSchedule.from_config(cfg.diffusion), int(info["sample_steps"]), cfg.diffusion.eta,
                    geometry, info)
 

@@ -326,7 +326,8 @@ class Trainer:
             (self.run_dir / "ema").mkdir(exist_ok=True)
             export_ema(self.ema, self.run_dir / rel, {
                 "step": self.step, "config": to_dict(self.cfg), "geometry": self.cfg.data.geometry,
-                "preset": self.cfg.model.preset, "store": str(Path(self.cfg.data.store).resolve())})
+                "preset": self.cfg.model.preset, "store": str(Path(self.cfg.data.store).resolve()),
+                "preprocessing_stats": self.store.stats})  # generation needs no access to the training store
             write_done(self.cfg, self.run_dir, self.config_path, step=self.step, samples=self.samples,
                        epoch=self.stream.epoch, ema=str(rel), ema_format=tensor_suffix()[1:],
                        checkpoint=f"checkpoints/{tag_for(self.step)}", world_size=self.env.world_size,

@@ -24,7 +24,7 @@ from pipeline.config_loader import ConfigError
 from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed
 from pipeline.ema import EMA, export_ema
 from pipeline.engine import DiffusionPair
-from pipeline.generate import IncidentEnergies, run
+from pipeline.generate import IncidentEnergies, load_sampler, run
 from pipeline.models import build_models
 from pipeline.sample_store import MANIFEST_FILE
 from pipeline.store import ShowerStore, StoreError
@@ -169,6 +169,26 @@ def test_energies_from_a_reference_sample(tmp_path, model_config, store):  # noq
                                           f"generate.energies_from={store}"])
     with pytest.raises(ConfigError, match="has only 320"):
         run(too_many, rank=0, world_size=1)
+
+
+def test_model_carries_its_preprocessing_statistics(tmp_path, model_config, store):  # noqa: F811
+    """An EMA export with the statistics in its metadata (as training writes it) needs no training store."""
+    cfg = load_config(model_config)
+    run_dir = tmp_path / "moved"
+    layer_net, unet = build_models(cfg.model, ShowerStore(store).geometry)
+    pair = DiffusionPair(randomize_zero_init(layer_net), randomize_zero_init(unet), CosineSchedule())
+    (run_dir / "ema").mkdir(parents=True)
+    export_ema(EMA(pair, 0.9), run_dir / "ema" / "ema.safetensors",
+               {"preprocessing_stats": ShowerStore(store).stats, "geometry": "ds2"})
+    save_resolved(cfg, run_dir)
+    moved = load_config(model_config, [f"data.store={tmp_path / 'gone.zarr'}"])
+    write_done(moved, run_dir, None, step=0, ema="ema/ema.safetensors", checkpoint="none", sample_steps=1)
+    sampler = load_sampler(run_dir, torch.device("cpu"))
+    assert sampler.steps == 1 and sampler.geometry.name == "ds2"
+    (run_dir / "ema" / "ema.safetensors").unlink()
+    export_ema(EMA(pair, 0.9), run_dir / "ema" / "ema.safetensors", {})
+    with pytest.raises(ConfigError, match="gone.zarr, which cannot be read"):
+        load_sampler(run_dir, torch.device("cpu"))
 
 
 def test_errors_name_the_problem(tmp_path, model_config):
