@@ -1,0 +1,32 @@
+#!/bin/bash
+# Convert CaloChallenge HDF5 files into the zarr store (data_tools.convert), MPI-parallel over whole shards.
+# Inputs, geometry, store, layout and split come from the config's `data` section; with `data.standin` set,
+# missing inputs are simulated first. Re-running resumes (finished shards are skipped).
+#
+#   sbatch slurm/convert.sh                                   # 16 MPI ranks on one node, configs/ds3.yaml
+#   sbatch --nodes=2 --ntasks-per-node=32 slurm/convert.sh    # more ranks: each writes whole shards
+#   CONFIG=configs/smoke.yaml CALO_SET="data.store=/scratch/$USER/smoke.zarr" sbatch --ntasks-per-node=2 slurm/convert.sh
+#   sbatch slurm/convert.sh --overwrite                       # extra args go to data_tools.convert
+#
+# srun needs --mpi=pmi2 here: without it every task would be a rank 0 of 1 (set CALO_MPI=pmix for an MPI
+# built against PMIx). Log: slurm-<job name>-<job id>.out in the submit directory.
+#SBATCH --job-name=calo-convert
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=16
+#SBATCH --cpus-per-task=2
+#SBATCH --time=1:00:00
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+
+# Find the repository (sbatch runs a copy of this script from its spool directory).
+for CALO_REPO in "${CALO_REPO:-}" "$(dirname "$0")/.." \
+    "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*\.sh\( .*\)*$|\1|p' | head -n1)" \
+    "${SLURM_SUBMIT_DIR:-}" "${SLURM_SUBMIT_DIR:-}/.."; do
+  [ -n "$CALO_REPO" ] && [ -f "$CALO_REPO/slurm/env.sh" ] && break
+done
+[ -f "$CALO_REPO/slurm/env.sh" ] || { echo "cannot find the repository: set CALO_REPO" >&2; exit 2; }
+CALO_DEFAULT_CONFIG=configs/ds3.yaml
+source "$CALO_REPO/slurm/env.sh"
+
+run_requeueable "${SRUN[@]}" --mpi="${CALO_MPI:-pmi2}" "$PYTHON" -m data_tools.convert --config "$CONFIG" "${CALO_OVERRIDES[@]}" "$@"

@@ -1,0 +1,31 @@
+#!/bin/bash
+# Evaluate a generated sample against the reference with the CaloChallenge metrics (pipeline.evaluate):
+# generated, reference and output paths come from the config; the classifiers use the GPU.
+#
+#   sbatch slurm/evaluate.sh                                  # configs/ds3.yaml, 1 GPU
+#   sbatch --dependency=afterok:<export job id> slurm/evaluate.sh
+#   sbatch --gpus-per-node=0 --cpus-per-task=16 slurm/evaluate.sh --device cpu   # extra args go to pipeline.evaluate
+#
+# Log: slurm-<job name>-<job id>.out in the submit directory.
+#SBATCH --job-name=calo-evaluate
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gpus-per-node=1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=64G
+#SBATCH --time=2:00:00
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=slurm-%x-%j.out
+
+# Find the repository (sbatch runs a copy of this script from its spool directory).
+for CALO_REPO in "${CALO_REPO:-}" "$(dirname "$0")/.." \
+    "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*\.sh\( .*\)*$|\1|p' | head -n1)" \
+    "${SLURM_SUBMIT_DIR:-}" "${SLURM_SUBMIT_DIR:-}/.."; do
+  [ -n "$CALO_REPO" ] && [ -f "$CALO_REPO/slurm/env.sh" ] && break
+done
+[ -f "$CALO_REPO/slurm/env.sh" ] || { echo "cannot find the repository: set CALO_REPO" >&2; exit 2; }
+CALO_DEFAULT_CONFIG=configs/ds3.yaml
+source "$CALO_REPO/slurm/env.sh"
+
+run_requeueable "${SRUN[@]}" "$PYTHON" -m pipeline.evaluate --config "$CONFIG" "${CALO_OVERRIDES[@]}" "$@"

@@ -1,0 +1,298 @@
+"""Integration tests of the slurm/ scripts on a real SLURM cluster (``bash tests/slurm/cluster.sh up``).
+
+Skipped, with the reason, when no cluster answers. The jobs run the smoke config on CPU: 2 tasks on one
+node, ``--gpus-per-node=0`` overriding the scripts' GPU defaults. About 5 minutes in all on 2 cores (more
+when other jobs occupy the cluster: waits allow for queueing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_module, tree_bytes
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED")
+CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20"]
+# the launcher variables of an enclosing job or torchrun must not leak into the test jobs
+# (SLURM_CONF stays: it may be how this machine's clients find the cluster)
+_LEAKY = re.compile(r"^(SLURM_(?!CONF$)|SBATCH_|SRUN_|SALLOC_|PMI_|OMPI_|PMIX_)|^(RANK|WORLD_SIZE|LOCAL_RANK|"
+                    r"LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|CONFIG|STAGE|CALO_.*)$")
+
+
+def _run(*cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def _cluster_unavailable() -> str | None:
+    """Why the SLURM tests cannot run here, or None."""
+    missing = [c for c in ("sinfo", "sbatch", "sacct", "scancel", "scontrol") if shutil.which(c) is None]
+    if missing:
+        return f"no SLURM client commands ({', '.join(missing)}); start a local cluster: bash tests/slurm/cluster.sh up"
+    try:
+        nodes = _run("sinfo", "-h", "-o", "%T", timeout=5)
+        acct = _run("sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID", timeout=10)
+    except subprocess.TimeoutExpired as err:
+        return f"SLURM does not answer ({' '.join(err.cmd)} timed out); see bash tests/slurm/cluster.sh status"
+    if nodes.returncode:
+        return f"sinfo failed: {nodes.stderr.strip()[:300]} (bash tests/slurm/cluster.sh status)"
+    states = nodes.stdout.split()
+    if not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
+        return f"no usable SLURM node (sinfo states: {states or 'none'}); see bash tests/slurm/cluster.sh status"
+    if acct.returncode:
+        return f"sacct does not work (no slurmdbd?): {acct.stderr.strip()[:300]}"
+    return None
+
+
+_REASON = _cluster_unavailable()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_REASON is not None, reason=f"no SLURM cluster: {_REASON}")]
+
+
+# ------------------------------------------------------------------ helper
+@dataclass
+class SlurmJob:
+    """A submitted batch job: its id and log; ``wait`` polls sacct until a final state."""
+
+    id: str
+    log: Path
+    name: str
+
+    def state(self) -> str:
+        out = _run("sacct", "-j", self.id, "-X", "-n", "-P", "-o", "State").stdout.split("\n")
+        return out[0].split()[0] if out and out[0].strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+
+    def history(self) -> list[str]:
+        """States of every run of the job, requeued ones included (sacct --duplicates)."""
+        out = _run("sacct", "-j", self.id, "-X", "-n", "-P", "-D", "-o", "State").stdout
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else f"(no log {self.log} yet)"
+
+    def describe(self) -> str:
+        return (f"job {self.id} ({self.name}) states {self.history()}\n"
+                f"----- log {self.log}\n{self.text()[-6000:]}\n-----")
+
+    def wait(self, timeout: float = 600, expect: str | None = "COMPLETED") -> str:
+        """Poll until a final state (cancelling the job after ``timeout`` s); fail with the log unless ``expect``."""
+        deadline = time.monotonic() + timeout
+        state = "UNKNOWN"
+        while time.monotonic() < deadline:
+            state = self.state()
+            if state in FINAL_STATES:
+                break
+            time.sleep(1)
+        else:
+            _run("scancel", self.id)
+            pytest.fail(f"timed out after {timeout:.0f} s in state {state}: {self.describe()}")
+        if expect is not None and state != expect:
+            pytest.fail(f"expected {expect}, got {state}: {self.describe()}")
+        print(self.describe())
+        return state
+
+    def cancel_if_running(self) -> None:
+        if self.state() not in FINAL_STATES:
+            _run("scancel", self.id)
+
+
+def slurm_job(script: Path | str, *args: str, sbatch: list[str] = (), env: dict | None = None,
+              cwd: Path, name: str = "calo-test") -> SlurmJob:
+    """``sbatch`` a script (from ``cwd``) with a clean environment plus ``env``; the log goes to ``cwd``."""
+    log = Path(cwd) / f"{name}-%j.out"
+    clean = {k: v for k, v in os.environ.items() if not _LEAKY.search(k)}
+    out = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", f"--output={log}", *sbatch, str(script), *args],
+                         capture_output=True, text=True, timeout=30, cwd=cwd, env={**clean, **(env or {})})
+    assert out.returncode == 0, f"sbatch failed: {out.stderr}"
+    job_id = out.stdout.strip().split(";")[0]
+    return SlurmJob(job_id, Path(str(log).replace("%j", job_id)), name)
+
+
+@pytest.fixture
+def jobs():
+    """Jobs to cancel if a test fails half-way."""
+    started: list[SlurmJob] = []
+    yield started
+    for job in started:
+        job.cancel_if_running()
+
+
+# ------------------------------------------------------------------ data and the smoke training run
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory) -> dict:
+    """Stand-in ds3 showers and their zarr store, made directly (not through SLURM)."""
+    root = tmp_path_factory.mktemp("slurm_data")
+    hdf5, store = root / "standin_ds3.hdf5", root / "showers.zarr"
+    out = run_module("data_tools.simulate", "--geometry", "ds3", "--n", "256", "--out", str(hdf5), "--seed", "1",
+                     "--quiet")
+    assert out.returncode == 0, out.stderr
+    out = run_module("data_tools.convert", str(hdf5), "--geometry", "ds3", "--out", str(store), "--chunk-rows", "16",
+                     "--shard-rows", "64", "--validation-fraction", "0.125", "--quiet")
+    assert out.returncode == 0, out.stderr
+    return {"root": root, "hdf5": hdf5, "store": store}
+
+
+def smoke_env(standin: dict, run_dir: Path, *extra: str) -> dict:
+    sets = [f"run.dir={run_dir}", f"data.inputs=[{standin['hdf5']}]", f"data.store={standin['store']}", *extra]
+    return {"CONFIG": "configs/smoke.yaml", "CALO_SET": " ".join(sets)}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(standin, tmp_path_factory) -> tuple[SlurmJob, Path]:
+    """``sbatch slurm/train_ds3.sh`` with the smoke config, 2 CPU tasks, submitted from outside the repository."""
+    cwd = tmp_path_factory.mktemp("slurm_train")
+    run_dir = cwd / "run"
+    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, env=smoke_env(standin, run_dir), cwd=cwd,
+                    name="calo-test-train")
+    try:
+        job.wait(timeout=900, expect=None)
+    finally:
+        job.cancel_if_running()
+    return job, run_dir
+
+
+# ------------------------------------------------------------------ tests
+def test_train_script_runs_smoke_config(smoke_run):
+    job, run_dir = smoke_run
+    assert job.state() == "COMPLETED", job.describe()
+    done = json.loads((run_dir / "DONE.json").read_text())
+    assert done["status"] == "done" and done["step"] == 3, done
+    assert done["world_size"] == 2 and done["launcher"] == "slurm", done
+    assert "job step exited with code 0" in job.text()
+
+
+def test_requeue_on_sigusr1_resumes_bit_identically(standin, tmp_path, jobs):
+    """SIGUSR1 to the job steps mid-run: checkpoint, exit 75, requeue, resume; same weights as no interruption."""
+    extra = ("train.max_steps=5", "train.checkpoint_every_steps=0", "train.val_every_steps=0")
+    interrupted = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-requeue",
+                            env=smoke_env(standin, tmp_path / "interrupted", *extra))
+    jobs.append(interrupted)
+    reference = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-reference",
+                          env=smoke_env(standin, tmp_path / "reference", *extra))
+    jobs.append(reference)
+
+    metrics = tmp_path / "interrupted" / "logs" / "metrics.csv"
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and re.search(r"^2,train,", metrics.read_text(), re.M)):
+        assert time.monotonic() < deadline, f"no step 2 within 600 s: {interrupted.describe()}"
+        assert interrupted.state() not in FINAL_STATES, f"ended before step 2: {interrupted.describe()}"
+        time.sleep(0.5)
+    # the design of slurm/env.sh: --signal=USR1@N (no B:) signals the job steps, as scancel does by default
+    out = _run("scancel", "--signal=USR1", interrupted.id)
+    assert out.returncode == 0, out.stderr
+
+    interrupted.wait(timeout=600)
+    reference.wait(timeout=600)
+    assert interrupted.history() == ["REQUEUED", "COMPLETED"], interrupted.describe()
+    log = interrupted.text()
+    assert "job requeued" in log and "(restart 1)" in log and "resumed from" in log, interrupted.describe()
+    assert "resumed from" not in reference.text()
+    done = json.loads((tmp_path / "interrupted" / "DONE.json").read_text())
+    ref = json.loads((tmp_path / "reference" / "DONE.json").read_text())
+    assert done["step"] == ref["step"] == 5
+    assert done["weights_sha256"] == ref["weights_sha256"]
+    assert done["ema_sha256"] == ref["ema_sha256"]
+
+
+STUB = """
+import os, pathlib, signal, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+print(f"stub rank {os.environ['SLURM_PROCID']}: restart count {restart}", flush=True)
+if restart:
+    sys.exit(0)
+pathlib.Path(sys.argv[1]).touch()
+for _ in range(1200):
+    if got:
+        print("stub: SIGUSR1, exiting 75", flush=True)
+        sys.exit(75)
+    time.sleep(0.1)
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("scancel, final, requeued", [
+    (["--batch", "--signal=USR1"], "COMPLETED", True),  # --signal=B:USR1@N style: the batch shell forwards it
+    ([], "CANCELLED", False),  # plain scancel (SIGTERM): the job stops and is not requeued
+], ids=["usr1-to-batch-shell", "scancel"])
+def test_run_requeueable_signal_handling(tmp_path, jobs, scancel, final, requeued):
+    (tmp_path / "stub.py").write_text(STUB)
+    script = tmp_path / "job.sh"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --ntasks=2 --cpus-per-task=1 --time=5 --requeue --open-mode=append
+export CALO_REPO={REPO}
+source "$CALO_REPO/slurm/env.sh"
+run_requeueable "${{SRUN[@]}}" "$PYTHON" {tmp_path}/stub.py {tmp_path}/ready.$SLURM_JOB_ID
+""")
+    job = slurm_job(script, cwd=tmp_path, name="calo-test-signal")
+    jobs.append(job)
+    deadline = time.monotonic() + 600  # the cluster may be busy with other jobs
+    while not (tmp_path / f"ready.{job.id}").exists():
+        assert time.monotonic() < deadline and job.state() not in FINAL_STATES, job.describe()
+        time.sleep(0.2)
+    assert _run("scancel", *scancel, job.id).returncode == 0
+    job.wait(timeout=120, expect=final)
+    assert ("REQUEUED" in job.history()) == requeued, job.describe()
+    if requeued:
+        assert "forwarding it to the job step" in job.text() and "restart count 1" in job.text()
+    else:
+        assert "batch shell received SIGTERM" in job.text() and "job requeued" not in job.text()
+
+
+def test_generate_array_then_export(smoke_run, standin, jobs):
+    """generate.sh as a 2-element job array (each element one rank), then export.sh after it (afterok)."""
+    train, run_dir = smoke_run
+    assert train.state() == "COMPLETED", train.describe()
+    # 2 blocks of 4 showers (~2 s per shower on one CPU thread)
+    env = smoke_env(standin, run_dir, "generate.model=teacher", "generate.n=8", f"generate.energies_from={standin['hdf5']}",
+                    "generate.block_size=4", "generate.layout.chunk_rows=4", "generate.layout.shard_rows=4")
+    cwd = run_dir.parent
+    gen = slurm_job(REPO / "slurm" / "generate.sh", sbatch=["--array=0-1", "--nodes=1", "--ntasks-per-node=1",
+                                                            "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"],
+                    env=env, cwd=cwd, name="calo-test-generate")
+    jobs.append(gen)
+    export = slurm_job(REPO / "slurm" / "export.sh", sbatch=[f"--dependency=afterok:{gen.id}", "--cpus-per-task=1",
+                                                             "--time=10"],
+                       env=env, cwd=cwd, name="calo-test-export")
+    jobs.append(export)
+    export.wait(timeout=600)
+    for element in ("0", "1"):
+        state = _run("sacct", "-j", f"{gen.id}_{element}", "-X", "-n", "-P", "-o", "State").stdout.split()
+        assert state == ["COMPLETED"], (element, state)
+    logs = "".join(p.read_text() for p in cwd.glob("calo-test-generate-*.out"))
+    assert "--rank 0 --world-size 2" in logs and "--rank 1 --world-size 2" in logs, logs
+    sample = run_dir / "samples" / "generated.zarr"
+    assert (sample / "manifest.json").is_file(), logs
+    assert (run_dir / "samples" / "generated.hdf5").is_file(), export.describe()
+
+
+def test_convert_script_with_mpi_ranks(standin, tmp_path, jobs):
+    """convert.sh: 2 MPI ranks (srun --mpi=pmi2) write the same store as the direct conversion."""
+    store = tmp_path / "showers.zarr"
+    env = {"CONFIG": "configs/smoke.yaml",
+           "CALO_SET": f"data.inputs=[{standin['hdf5']}] data.store={store} data.layout.shard_rows=64"}
+    job = slurm_job(REPO / "slurm" / "convert.sh", sbatch=["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+                                                           "--time=10"], env=env, cwd=tmp_path, name="calo-test-convert")
+    jobs.append(job)
+    job.wait(timeout=600)
+    # without a working PMI each task would be a rank 0 of 1, converting (and reporting) everything itself
+    assert job.text().count("convert: wrote 256 showers") == 1, job.describe()
+    assert tree_bytes(store) == tree_bytes(standin["store"])
+
+
+def test_bad_config_fails_fast(tmp_path, jobs):
+    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-badconfig",
+                    env={"CONFIG": "configs/does-not-exist.yaml"})
+    jobs.append(job)
+    job.wait(timeout=120, expect="FAILED")
+    assert "CONFIG=configs/does-not-exist.yaml not found" in job.text()
+    assert "2:0" in _run("sacct", "-j", job.id, "-X", "-n", "-o", "ExitCode").stdout
