@@ -23,7 +23,10 @@ from test_train import LAUNCH_PREFIXES, LAUNCH_VARIABLES, clean_env, read_done, 
 
 @pytest.fixture
 def bare_env(monkeypatch):
-    """os.environ without any launcher's variables."""
+    """os.environ without any launcher's variables; the rendezvous variables that a test sets (e.g. through
+    ``distributed.export``) are removed again afterwards, so they cannot leak into later tests' jobs."""
+    for key in LAUNCH_VARIABLES:
+        monkeypatch.setenv(key, "")  # records the original state, restored at teardown
     for key in list(os.environ):
         if key in LAUNCH_VARIABLES or key.startswith(LAUNCH_PREFIXES):
             monkeypatch.delenv(key)

@@ -651,7 +651,8 @@ def real_stages_missing() -> list[str]:
 def test_slurm_smoke_chain(slurm_run, capsys):
     """The whole smoke chain through real SLURM with the real stage commands (several minutes on 2 CPUs)."""
     tmp = slurm_run
-    small = [f"data.inputs=[{tmp}/standin.hdf5]", f"data.store={tmp}/s.zarr", "data.standin.n=160",
+    # ds2 (6480 voxels) instead of the smoke config's ds3 keeps this chain to a few minutes on 2 CPUs
+    small = ["data.geometry=ds2", f"data.inputs=[{tmp}/standin.hdf5]", f"data.store={tmp}/s.zarr", "data.standin.n=256",
              "data.batch_size=8", f"evaluate.reference={tmp}/ref.hdf5", f"generate.energies_from={tmp}/ref.hdf5",
              "evaluate.reference_standin.n=48", "generate.block_size=128", "evaluate.classifier_epochs=2"]
     args = ["--config", str(SMOKE), "--set", f"run.dir={tmp}/run", *[x for s in small for x in ("--set", s)],
