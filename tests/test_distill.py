@@ -92,6 +92,7 @@ def test_stage_configs_and_errors(tmp_path, store):  # noqa: F811
     assert proc.returncode == 2 and "stage 1) has not finished" in proc.stderr and "--stage 1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_stages_bring_the_student_to_the_teacher(chain):
     cfg = load_config(chain)
     env = clean_env(OMP_NUM_THREADS="2")

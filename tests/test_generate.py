@@ -104,6 +104,7 @@ def test_sample_is_complete_with_a_manifest(model_config, reference_sample):
     assert run(cfg, rank=0, world_size=1) == 0  # already complete: nothing to do
 
 
+@pytest.mark.slow
 def test_batch_size_and_ranks_do_not_change_the_sample(tmp_path, model_config, reference_sample):
     showers, energies = reference_sample
     cfg = load_config(model_config, [f"generate.out={tmp_path / 'b.zarr'}", "generate.batch_size=7"])
@@ -126,6 +127,7 @@ def test_batch_size_and_ranks_do_not_change_the_sample(tmp_path, model_config, r
     assert ranks == {0, 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGUSR1", "SIGKILL"])
 def test_stopped_or_killed_run_resumes_to_the_same_sample(tmp_path, model_config, reference_sample, how):
     out = tmp_path / "d.zarr"
