@@ -13,6 +13,7 @@ installed, else a torch file holding only tensors and strings, loaded with ``wei
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 from pathlib import Path
@@ -52,6 +53,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_path(path.parent)
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (timestamps in DONE.json, markers, manifests)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def atomic_write_json(path: str | Path, obj: object) -> None:

@@ -40,12 +40,12 @@ from pipeline.config import Config, load_config
 from pipeline.config_loader import ConfigError, add_config_arguments, to_dict
 from pipeline.diffusion import CosineSchedule, generate, shower_seed, uniform_from_seeds
 from pipeline.distributed import DistributedError, discover
-from pipeline.ema import load_ema_weights
+from pipeline.ema import load_ema_weights, utc_now
 from pipeline.engine import autocast, resolve_precision
 from pipeline.geometry import Geometry, load_geometry
 from pipeline.models import build_models
 from pipeline.preprocessing import Preprocessor
-from pipeline.sample_store import SampleStore, now
+from pipeline.sample_store import SampleStore
 from pipeline.store import ShowerStore, StoreError
 from pipeline.train import EXIT_CONFIG, EXIT_DONE, EXIT_REQUEUE, read_done
 
@@ -170,7 +170,7 @@ def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEne
     try:
         for block in blocks:
             start, stop = sample.rows(block)
-            t0, started = time.perf_counter(), now()
+            t0, started = time.perf_counter(), utc_now()
             e_block = energies(start, stop)
             for s0 in range(start, stop, shard):
                 s1 = min(s0 + shard, stop)

@@ -14,7 +14,6 @@ a different plan is an error rather than a silent mix of two samples.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -24,16 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.ema import atomic_write_json
+from pipeline.ema import atomic_write_json, utc_now
 from pipeline.geometry import Geometry
 from pipeline.run_layout import MANIFEST_FILE
 from pipeline.store import FORMAT_NAME, FORMAT_VERSION, ShowerStore, StoreError, StoreLayout, create_arrays, read_attrs
 
 BLOCKS_DIR = "blocks"
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def block_rows(block: int, block_size: int, n: int) -> tuple[int, int]:
@@ -62,7 +57,7 @@ class SampleStore:
                  "units": {"showers": "MeV", "incident_energies": "MeV"},
                  "layout": {"chunk_rows": layout.chunk_rows, "shard_rows": layout.shard_rows, "codec": layout.codec,
                             "level": layout.level},
-                 "split": {"validation_chunks": []}, "generation": self.plan, "created": now()}
+                 "split": {"validation_chunks": []}, "generation": self.plan, "created": utc_now()}
         create_arrays(tmp, geometry, self.n, layout, attrs)
         (tmp / BLOCKS_DIR).mkdir()
         try:
@@ -106,7 +101,7 @@ class SampleStore:
 
     def mark_done(self, block: int, info: dict[str, Any]) -> None:
         start, stop = self.rows(block)
-        atomic_write_json(self.marker(block), {"block": block, "rows": [start, stop], "finished_at": now(), **info})
+        atomic_write_json(self.marker(block), {"block": block, "rows": [start, stop], "finished_at": utc_now(), **info})
 
     def missing(self) -> list[int]:
         return [b for b in range(self.n_blocks) if not self.is_done(b)]
@@ -141,7 +136,7 @@ class SampleStore:
                                "ms_per_shower_per_rank": 1e3 * seconds / self.n,
                                "devices": sorted({m["device"] for m in markers}),
                                "ranks": sorted({m["rank"] for m in markers})},
-                    **extra, "written_at": now()}
+                    **extra, "written_at": utc_now()}
         self.store.group.attrs.update({"complete": True, "energy_range_mev": [float(energies.min()),
                                                                              float(energies.max())]})
         atomic_write_json(self.path / MANIFEST_FILE, manifest)

@@ -30,7 +30,6 @@ Exit codes (the requeue logic of ``slurm/`` scripts and ``pipeline.launch`` reli
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import re
 import sys
@@ -148,12 +147,12 @@ def train(cfg: Config, *, config_path: str | None = None, time_limit: float | No
 
 def write_done(cfg: Config, run_dir: Path, config_path: str | None, **fields: Any) -> Path:
     """Write ``DONE.json`` atomically (paths inside the run directory are relative to it)."""
-    from pipeline.ema import atomic_write_json
+    from pipeline.ema import atomic_write_json, utc_now
 
     done = {"status": "done", "config": "config.yaml", "config_source": config_path,
             "store": str(Path(cfg.data.store).resolve()), "geometry": cfg.data.geometry,
             "preset": cfg.model.preset, "max_steps": cfg.train.max_steps,
-            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **fields}
+            "finished_at": utc_now(), **fields}
     atomic_write_json(run_dir / DONE_FILE, done)
     return run_dir / DONE_FILE
 

@@ -9,7 +9,6 @@ EMA update, then logging, validation and checkpoints as due.
 from __future__ import annotations
 
 import copy
-import datetime
 import hashlib
 import time
 import warnings
@@ -27,7 +26,7 @@ from pipeline.data import ShowerStream
 from pipeline.diffusion import CosineSchedule
 from pipeline.distributed import DistEnv
 from pipeline.ema import (EMA, atomic_write_json, export_ema, find_tensor_file, load_ema_weights, load_tensors,
-                          tensor_suffix)
+                          tensor_suffix, utc_now)
 from pipeline.engine import (DiffusionPair, DistillationPair, autocast, build_engine, resolve_precision,
                              safe_load_module_weights)
 from pipeline.models import build_models
@@ -292,7 +291,7 @@ class Trainer:
         tag = tag_for(self.step)
         if self.env.is_main:
             atomic_write_json(self.run_dir / REQUEUE_FILE, {"reason": reason, "step": self.step, "checkpoint": tag,
-                                                            "time": _now()})
+                                                            "time": utc_now()})
             log.message(f"train: stopped by {reason} at step {self.step} with checkpoint {tag}; "
                         f"re-run the same command to continue")
         return TrainResult("stopped", self.step, self.run_dir, reason)
@@ -346,7 +345,3 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
