@@ -89,6 +89,38 @@ def make_preprocessor(geometry: str, seed: int = 0) -> tuple[Preprocessor, torch
     return Preprocessor(stats, load_geometry(geometry)), torch.from_numpy(s), torch.from_numpy(e)
 
 
+#: Float32 tolerances for the same generated showers computed with other batch sizes, rank or thread counts or
+#: CPU kernels. Measured by ``benchmarks/reproducibility.py`` (docs/benchmarks.md, "Reproducibility"): up to
+#: 3.3e-3 relative on voxels above the threshold and 2.5e-6 on layer energies, over batch splits, 1-2 threads,
+#: oneDNN ISA caps AVX2/AVX512/SSE4.1 and ATen CPU capabilities default/avx2 (random tiny weights, which
+#: amplify rounding more than trained ones). The tolerances leave a margin of about 6x and 20x; a shower
+#: that got another shower's noise or energy differs by order one.
+FLOAT32_VOXEL_RTOL = 2e-2
+FLOAT32_LAYER_RTOL = 5e-5
+
+
+def assert_same_generated_showers(actual, expected, threshold_mev: float) -> None:
+    """Generated showers ``(N, L, A, R)`` (arrays or tensors) agree to float32 kernel tolerance.
+
+    Compared: every voxel above the threshold in either sample (relative; a voxel within the tolerance of
+    the threshold may be cut in one sample and kept in the other) and every layer energy (relative, plus
+    two threshold energies for such a cut). Voxels far below the threshold are not compared one by one:
+    there the inverse logit cancels and float32 keeps no relative precision, though they still enter the
+    layer energies. Prints the largest differences seen (``pytest -s``).
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    compared = np.maximum(a, b) >= threshold_mev * (1 + FLOAT32_VOXEL_RTOL)
+    rel = np.abs(a - b)[compared] / np.maximum(a, b)[compared]
+    la, lb = a.sum(axis=(2, 3)), b.sum(axis=(2, 3))
+    layer_rel = np.abs(la - lb) / np.maximum(lb, 2 * threshold_mev)
+    print(f"float32 spread: voxels {rel.max(initial=0):.1e} (of {compared.sum()}), layers {layer_rel.max():.1e}")
+    np.testing.assert_allclose(a[compared], b[compared], rtol=FLOAT32_VOXEL_RTOL, atol=0,
+                               err_msg="voxels above the threshold")
+    np.testing.assert_allclose(la, lb, rtol=FLOAT32_LAYER_RTOL, atol=2 * threshold_mev, err_msg="layer energies")
+
+
 def find_mpirun() -> str | None:
     """mpirun beside the interpreter (pip's mpich) or on PATH."""
     local = Path(sys.executable).with_name("mpirun")

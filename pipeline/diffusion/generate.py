@@ -17,7 +17,7 @@ from pipeline.preprocessing import Preprocessor
 def generate(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, voxel_model: nn.Module,
              preprocessor: Preprocessor, steps: int, *, schedule: CosineSchedule = CosineSchedule(),
              eta: float = 0.0, layer_steps: int | None = None, threshold: bool = True) -> Tensor:
-    """Showers ``(B, L, A, R)`` in MeV (float32, on the voxel model's device) for incident ``energies``
+    """Showers ``(B, L, A, R)`` in MeV (in the models' dtype, on the voxel model's device) for incident ``energies``
     (B,) in MeV; shower i depends only on ``(energies[i], seeds[i])``, not on the batch.
 
     ``steps`` DDIM steps for the voxels and ``layer_steps`` (default ``steps``) for the layer
@@ -26,10 +26,11 @@ def generate(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, vox
     """
     if len(seeds) != len(energies):
         raise ValueError(f"{len(seeds)} seeds for {len(energies)} energies")
-    device = next(voxel_model.parameters()).device
+    param = next(voxel_model.parameters())
+    device, dtype = param.device, param.dtype
     energies = energies.to(device)
-    noise = NoiseSource(seeds, device)
-    cond = preprocessor.condition(energies)
+    noise = NoiseSource(seeds, device, dtype)
+    cond = preprocessor.condition(energies, dtype)
     L, A, R = preprocessor.shape
 
     def stepper(shape: tuple[int, ...], stream: str):  # noqa: ANN202 - StepNoise
@@ -39,4 +40,4 @@ def generate(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, vox
                     layer_steps or steps, eta=eta, step_noise=stepper((L,), "layers"))
     voxels = sample(lambda z, t: voxel_model(z, t, cond, layers), noise((L, A, R), 0, "voxels"), schedule,
                     steps, eta=eta, step_noise=stepper((L, A, R), "voxels"))
-    return preprocessor.inverse(layers.float(), voxels.float(), energies, threshold=threshold)
+    return preprocessor.inverse(layers.to(dtype), voxels.to(dtype), energies, threshold=threshold)
