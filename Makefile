@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make demo` (main job on stand-in data, CPU) and `make test`.
+# `make lint` (ruff + the import-linter layering contracts) runs in CI before the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CONFIG ?= configs/smoke.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean-runs
+.PHONY: venv demo test lint bench clean-runs
 
 $(STAMP): requirements-cpu.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/store_benchmark.py

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data_tools.simulate import simulate_file  # noqa: E402
+from data_tools.simulate import simulate_file
 
 
 def ensure_sample(path: Path, geometry: str, n: int, seed: int, workers: int) -> float:

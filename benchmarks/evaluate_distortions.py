@@ -27,15 +27,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data_tools.simulate import simulate_file  # noqa: E402
-from pipeline.evaluation import distortions  # noqa: E402
-from pipeline.evaluation.classifier import ClassifierConfig  # noqa: E402
-from pipeline.evaluation.observables import compute_observables, voxel_log_edges  # noqa: E402
-from pipeline.evaluation.plots import write_plots  # noqa: E402
-from pipeline.evaluation.report import plus_minus, write_markdown  # noqa: E402
-from pipeline.evaluation.runner import EvalOptions, energy_binned, evaluate_samples, separations  # noqa: E402
-from pipeline.evaluation.separation import compare_grouped_counts  # noqa: E402
-from pipeline.evaluation.samples import Sample, open_sample  # noqa: E402
+from data_tools.simulate import simulate_file
+from pipeline.data.samples import Sample, open_sample
+from pipeline.evaluation import distortions
+from pipeline.evaluation.classifier import ClassifierConfig
+from pipeline.evaluation.observables import compute_observables, voxel_log_edges
+from pipeline.evaluation.plots import write_plots
+from pipeline.evaluation.report import plus_minus, write_markdown
+from pipeline.evaluation.runner import EvalOptions, energy_binned, evaluate_samples, separations
+from pipeline.evaluation.separation import compare_grouped_counts
 
 EXAMPLE_PLOTS = ("average_shower.png", "profiles.png", "hist_etot_voxel.png", "energy_bins.png", "hist_e_layer.png",
                  "hist_width_x.png", "separation_by_layer.png")

@@ -27,16 +27,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data_tools.convert import convert  # noqa: E402
-from data_tools.simulate import simulate_file  # noqa: E402
-from pipeline.config import Config, ModelConfig  # noqa: E402
-from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed  # noqa: E402
-from pipeline.engine import autocast, resolve_precision  # noqa: E402
-from pipeline.generate import Sampler  # noqa: E402
-from pipeline.info import model_info  # noqa: E402
-from pipeline.models import build_models  # noqa: E402
-from pipeline.preprocessing import Preprocessor  # noqa: E402
-from pipeline.store import ShowerStore, StoreLayout  # noqa: E402
+from data_tools.convert import convert
+from data_tools.simulate import simulate_file
+from pipeline.config import Config, ModelConfig, StoreLayout
+from pipeline.data.shower_store import ShowerStore
+from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed
+from pipeline.generation.sampler import Sampler
+from pipeline.models import build_models
+from pipeline.physics.preprocessing import Preprocessor
+from pipeline.runtime.precision import autocast, resolve_precision
+from pipeline.tools.info import model_info
 
 
 def stats_store(geometry: str, tmp: Path) -> ShowerStore:

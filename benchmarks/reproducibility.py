@@ -56,10 +56,11 @@ SEEDS = [5, 17, 3, 99, 1234, 7]
 
 def build(geometry_name: str) -> tuple[list[torch.nn.Module], torch.nn.Module]:
     """The tests' tiny pair with random weights and their random-batch preprocessor."""
-    from conftest import make_preprocessor, randomize_zero_init
     from pipeline.config import ModelConfig
-    from pipeline.geometry import load_geometry
     from pipeline.models import build_models
+    from pipeline.physics.geometry import load_geometry
+
+    from conftest import make_preprocessor, randomize_zero_init
 
     torch.manual_seed(0)
     nets = [randomize_zero_init(m).eval() for m in build_models(ModelConfig(preset="tiny"), load_geometry(geometry_name))]
@@ -70,7 +71,7 @@ def worker(out: Path, weights: Path, geometry_name: str, steps: int) -> None:
     """Generate every (dtype, eta, split) sample in this process with the parent's weights and save them
     (weights are drawn once: torch's vectorised random draws differ in the last bits between CPU
     capabilities, and this measures the kernels)."""
-    from pipeline.diffusion import NoiseSource, generate
+    from pipeline.diffusion import NoiseSource, synthesize
 
     nets, pre = build(geometry_name)
     saved = torch.load(weights, weights_only=True)
@@ -85,7 +86,7 @@ def worker(out: Path, weights: Path, geometry_name: str, steps: int) -> None:
             for name, split in SPLITS.items():
                 parts, start = [], 0
                 for size in split:
-                    parts.append(generate(energies[start:start + size], SEEDS[start:start + size], eta=eta, **kw))
+                    parts.append(synthesize(energies[start:start + size], SEEDS[start:start + size], eta=eta, **kw))
                     start += size
                 arrays[f"{str(dtype)[6:]}/eta{eta:g}/{name}"] = torch.cat(parts).numpy()
     noise = NoiseSource(SEEDS)(pre.shape, 0, "voxels").numpy()
@@ -116,7 +117,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.weights, args.geometry, args.steps)
         return
-    from pipeline.geometry import load_geometry
+    from pipeline.physics.geometry import load_geometry
 
     threshold = load_geometry(args.geometry).threshold_mev
     runs: dict[str, dict[str, np.ndarray]] = {}

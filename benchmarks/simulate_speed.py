@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_tools.shower_model import sample_incident_energies, simulate_showers  # noqa: E402
-from data_tools.simulate import simulate_file  # noqa: E402
-from pipeline.geometry import load_geometry  # noqa: E402
+from data_tools.shower_model import sample_incident_energies, simulate_showers
+from data_tools.simulate import simulate_file
+from pipeline.physics.geometry import load_geometry
 
 
 def bench_model(name: str, n: int, seed: int = 1) -> float:

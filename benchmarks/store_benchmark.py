@@ -28,10 +28,11 @@ import zarr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data_tools.calochallenge_hdf5 import shower_file_writer  # noqa: E402
-from data_tools.simulate import simulate_file  # noqa: E402
-from pipeline.data import ShowerStream  # noqa: E402
-from pipeline.store import ShowerStore, StoreLayout  # noqa: E402
+from data_tools.simulate import simulate_file
+from pipeline.config import StoreLayout
+from pipeline.data.calochallenge_hdf5 import shower_file_writer
+from pipeline.data.shower_store import zarr_compressors
+from pipeline.data.stream import ShowerStream
 
 SWEEP = [("zstd", 1), ("zstd", 3), ("zstd", 9), ("blosc-zstd-shuffle", 3), ("blosc-zstd-bitshuffle", 3),
          ("blosc-lz4-bitshuffle", 5), ("gzip", 4)]
@@ -49,7 +50,7 @@ def layout_sweep(block: np.ndarray, workdir: Path, chunk_rows: list[int]) -> lis
             layout = StoreLayout(chunk, max(512, chunk), codec, level)
             path = workdir / f"sweep_{codec}_{level}_{chunk}.zarr"
             arr = zarr.create_array(store=str(path), shape=block.shape, dtype="float32", chunks=(chunk, *block.shape[1:]),
-                                    shards=(layout.shard_rows, *block.shape[1:]), compressors=layout.compressors(),
+                                    shards=(layout.shard_rows, *block.shape[1:]), compressors=zarr_compressors(layout),
                                     fill_value=0.0, overwrite=True)
             t0 = time.perf_counter()
             arr[:] = block

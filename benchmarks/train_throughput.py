@@ -7,7 +7,7 @@ Simulates stand-in showers into a temporary store, runs ``python -m pipeline.tra
 optimiser steps with the same global batch for every process count (1 process: all cores; N processes:
 ``OMP_NUM_THREADS = cores / N`` each) and reads the per-step showers/s from the run's metrics.csv,
 skipping the first ``--warmup`` steps. FLOP utilisation = showers/s x 3 x forward FLOPs per shower
-(``pipeline.info.model_info``: both networks; a training step costs ~3 forward passes) divided by the
+(``pipeline.tools.info.model_info``: both networks; a training step costs ~3 forward passes) divided by the
 fp32 matmul peak measured here with all cores (``torch.mm`` of 2048^2 matrices). Prints a markdown table.
 """
 
@@ -29,11 +29,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data_tools.convert import convert  # noqa: E402
-from data_tools.simulate import simulate_file  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.info import model_info  # noqa: E402
-from pipeline.store import StoreLayout  # noqa: E402
+from data_tools.convert import convert
+from data_tools.simulate import simulate_file
+from pipeline.config import StoreLayout, load_config
+from pipeline.tools.info import model_info
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:

@@ -7,15 +7,15 @@
 Streams shard by shard (bounded memory), computes the preprocessing statistics in the same pass,
 and is resumable: each finished shard leaves a small marker with its statistics; a re-run of the
 same command skips finished shards, and the store is marked complete (attrs written last) only
-when every shard is there. With MPI each rank converts disjoint whole shards. With ``--config`` a
-missing stand-in input is simulated first (``data.standin``, on rank 0); explicit options override
-the config's values.
+when every shard is there. With MPI each rank converts disjoint whole shards. With ``--config`` the
+config's missing stand-in files are simulated first (the inputs from ``data.standin`` and the evaluation
+reference from ``evaluate.reference_standin``, on rank 0): as the chain's first stage, convert prepares
+every file the later stages read. Explicit options override the config's values.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -24,84 +24,28 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
-from data_tools.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, inspect_file, read_energies
-from data_tools.standin import ensure_standin
-from pipeline.config_loader import ConfigError, add_config_arguments
-from pipeline.geometry import GEOMETRY_FILES, Geometry, load_geometry
-from pipeline.mpi_comm import world_comm
-from pipeline.shower_stats import block_stats, merge_stats, stats_from_dict, stats_to_dict
-from pipeline.store import (
-    FORMAT_NAME, FORMAT_VERSION, SHOWERS, ShowerStore, StoreError, StoreLayout, chunk_bounds, create_arrays,
-    read_attrs, validation_chunks,
+from data_tools.convert_inputs import InputRows, describe_inputs
+from data_tools.standin import prepare_standins
+from pipeline.config import ConfigError, StoreLayout, add_config_arguments
+from pipeline.data.calochallenge_hdf5 import InputError
+from pipeline.data.shower_store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ShowerStore,
+    StoreError,
+    chunk_bounds,
+    create_arrays,
+    read_attrs,
+    validation_chunks,
 )
+from pipeline.physics.geometry import GEOMETRY_FILES, Geometry, load_geometry
+from pipeline.physics.shower_stats import block_stats, merge_stats, stats_from_dict, stats_to_dict
+from pipeline.runtime.mpi import world_comm
 
 PROGRESS_DIR = "_conversion"
-
-
-def sha256_of(path: Path, block: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(block):
-            digest.update(data)
-    return digest.hexdigest()
-
-
-def describe_inputs(paths: Sequence[Path], geometry: Geometry) -> tuple[list[dict], np.ndarray]:
-    """Validate input files (keys, shapes, energies) and describe them for the store's attrs."""
-    if not paths:
-        raise InputError("no input files given")
-    sources, energies = [], []
-    for path in paths:
-        info = inspect_file(path, geometry)
-        e = read_energies(path)
-        bad = np.flatnonzero(~np.isfinite(e) | (e <= 0))
-        if bad.size:
-            raise InputError(f"{path}: {ENERGY_KEY}[{bad[0]}] = {float(e[bad[0]])!r}; incident energies must be finite and > 0 MeV")
-        sources.append({"path": str(path.resolve()), "name": path.name, "n": info.n,
-                        "size_bytes": info.size_bytes, "sha256": sha256_of(path), "dtype": info.dtype})
-        energies.append(e)
-    return sources, np.concatenate(energies)
-
-
-class InputRows:
-    """The input files seen as one sequence of showers, read by global row range."""
-
-    def __init__(self, sources: list[dict]) -> None:
-        self.paths = [Path(s["path"]) for s in sources]
-        self.offsets = np.cumsum([0] + [s["n"] for s in sources])
-        self._files = [h5py.File(p, "r", rdcc_nbytes=64 << 20) for p in self.paths]
-
-    def close(self) -> None:
-        for f in self._files:
-            f.close()
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as float32, checked finite and non-negative."""
-        parts = []
-        for k, f in enumerate(self._files):
-            lo, hi = max(start, self.offsets[k]), min(stop, self.offsets[k + 1])
-            if lo >= hi:
-                continue
-            a, b = int(lo - self.offsets[k]), int(hi - self.offsets[k])
-            try:
-                block = f[SHOWER_KEY][a:b]
-            except OSError as err:
-                raise InputError(f"{self.paths[k]}: cannot read {SHOWER_KEY} rows {a}-{b} (corrupt or truncated file?): {err}") from err
-            with np.errstate(over="ignore", invalid="ignore"):
-                block32 = block.astype(np.float32)
-            bad = ~np.isfinite(block32) | (block32 < 0)
-            if bad.any():
-                row, col = np.argwhere(bad)[0]
-                raise InputError(
-                    f"{self.paths[k]}: {SHOWER_KEY}[{a + row}, {col}] = {float(block[row, col])!r}; voxel energies must be "
-                    "finite and >= 0 MeV (and fit in float32)"
-                )
-            parts.append(block32)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def make_plan(sources: list[dict], geometry: Geometry, layout: StoreLayout, validation_fraction: float, split_seed: int) -> dict:
@@ -303,8 +247,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def settings_from_args(args: argparse.Namespace, comm: Any = None) -> dict[str, Any]:
     """convert()'s arguments from the command line, filled in from ``--config`` where one is given.
 
-    With ``--config`` and the inputs taken from ``data.inputs``, a missing stand-in input is
-    simulated first (``data.standin``), on rank 0 only; the other ranks wait for it.
+    With ``--config`` and the inputs taken from ``data.inputs``, the config's missing stand-in files are
+    simulated first (``data.standin``, ``evaluate.reference_standin``), on rank 0 only; the other ranks
+    wait for them.
     """
     cfg = None
     if args.config is not None:
@@ -330,8 +275,7 @@ def settings_from_args(args: argparse.Namespace, comm: Any = None) -> dict[str, 
         error = None
         if rank == 0:
             try:
-                for path in d.inputs:
-                    ensure_standin(path, d.standin, d.geometry, "data.inputs", progress=not args.quiet)
+                prepare_standins(cfg, progress=not args.quiet)
             except (InputError, ConfigError, OSError) as err:
                 error = err
         if comm is not None:  # the other ranks wait here until rank 0 has simulated (or failed)

@@ -31,10 +31,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from data_tools.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, shower_file_writer
-from pipeline.config_loader import ConfigError, add_config_arguments
-from pipeline.run_layout import MANIFEST_FILE
-from pipeline.store import ShowerStore, StoreError, read_attrs
+from pipeline.config import ConfigError, add_config_arguments
+from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, shower_file_writer
+from pipeline.data.sample_store import check_generation_complete
+from pipeline.data.shower_store import ShowerStore, StoreError, read_attrs
 
 #: target uncompressed size of one HDF5 chunk (as data_tools.simulate writes them)
 CHUNK_BYTES = 4 << 20
@@ -59,16 +59,6 @@ def open_sample(path: str | Path) -> ShowerStore:
         raise StoreError(f"{path}: not a zarr store (no readable zarr.json)")
     check_generation_complete(path)
     return ShowerStore(path)
-
-
-def check_generation_complete(path: str | Path) -> None:
-    """Refuse a generated sample (attrs hold ``generation``) that pipeline.generate has not finished:
-    it marks the store complete, then writes ``manifest.json`` last."""
-    attrs = read_attrs(path)
-    if attrs is not None and "generation" in attrs and (
-            attrs.get("complete") is not True or not (Path(path) / MANIFEST_FILE).is_file()):
-        raise StoreError(f"{path}: generated sample is incomplete (generation interrupted or still running); "
-                         "re-run the same pipeline.generate command to finish it")
 
 
 def sample_fingerprint(store: ShowerStore) -> str:
@@ -229,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_from_config(args: argparse.Namespace) -> Path | None:
     """The ``--config`` mode: paths and dtype from the config unless given; skips a finished export."""
-    from pipeline import run_layout
     from pipeline.config import load_config
+    from pipeline.data import run_layout
 
     cfg = load_config(args.config, args.overrides)
     sample = args.sample or run_layout.sample_path(cfg)

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from data_tools.calochallenge_hdf5 import SHOWER_KEY, InputError, inspect_file, read_energies
-from pipeline.geometry import GEOMETRY_FILES, load_geometry
-from pipeline.store import ShowerStore, StoreError, chunk_bounds
+from pipeline.data.calochallenge_hdf5 import SHOWER_KEY, InputError, inspect_file, read_energies
+from pipeline.data.shower_store import ShowerStore, StoreError, chunk_bounds
+from pipeline.physics.geometry import GEOMETRY_FILES, load_geometry
 
 
 def disk_bytes(path: Path) -> int:

@@ -25,8 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from data_tools.calochallenge_hdf5 import InputError, inspect_file, read_energies, read_showers  # noqa: E402
-from pipeline.geometry import Geometry, GeometryError, load_geometry  # noqa: E402
+from pipeline.data.calochallenge_hdf5 import InputError, inspect_file, read_energies, read_showers  # noqa: E402
+from pipeline.physics.geometry import Geometry, GeometryError, load_geometry  # noqa: E402
 
 DECADES = ((1e3, 1e4, "1-10 GeV"), (1e4, 1e5, "10-100 GeV"), (1e5, 1e6 + 1, "0.1-1 TeV"))
 SPECTRUM_EDGES = np.linspace(-3, 4, 71)  # log10(voxel energy / MeV)

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from scipy.special import gammainc
 
-from pipeline.geometry import Geometry
+from pipeline.physics.geometry import Geometry
 
 #: accepted incident energies (MeV): the CaloChallenge ds2/ds3 range, 1 GeV .. 1 TeV
 E_MIN_MEV = 1.0e3

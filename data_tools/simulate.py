@@ -29,7 +29,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from data_tools.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, shower_file_writer
 from data_tools.shower_model import (
     DEFAULT_PARAMS,
     E_MAX_MEV,
@@ -39,7 +38,8 @@ from data_tools.shower_model import (
     sample_incident_energies,
     simulate_showers,
 )
-from pipeline.geometry import GEOMETRY_FILES, load_geometry
+from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, shower_file_writer
+from pipeline.physics.geometry import GEOMETRY_FILES, load_geometry
 
 SUPPORTED_GEOMETRIES = ("ds2", "ds3")
 CHUNK_BYTES = 4 << 20  #: target size of one uncompressed HDF5 chunk

@@ -1,8 +1,9 @@
 """Stand-in input files: simulate a configured CaloChallenge file when it is missing.
 
-Used by every stage that reads an input file named in the config (``data.inputs`` with
-``data.standin``, ``evaluate.reference`` with ``evaluate.reference_standin``), so that a laptop or
-CI machine runs the whole chain on the project's own simulator (``data_tools.simulate``).
+:func:`prepare_standins` makes the files a config names exist (``data.inputs`` with ``data.standin``,
+``evaluate.reference`` with ``evaluate.reference_standin``), so that a laptop or CI machine runs the whole
+chain on the project's own simulator (``data_tools.simulate``). The chain's first stage
+(``data_tools.convert --config``) and the demo call it; the later stages only read the files.
 
 The file is simulated under a unique temporary name beside its target and renamed into place, so
 an interrupted run leaves nothing that looks complete, and concurrent runs (two stages, or ranks
@@ -17,10 +18,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from data_tools.calochallenge_hdf5 import InputError
+from pipeline.data.calochallenge_hdf5 import InputError
 
 if TYPE_CHECKING:
-    from pipeline.config import StandinConfig
+    from pipeline.config import Config, StandinConfig
 
 #: the config key that turns on simulation for a config key holding an input path
 STANDIN_KEYS = {"data.inputs": "data.standin", "evaluate.reference": "evaluate.reference_standin"}
@@ -59,3 +60,17 @@ def ensure_standin(path: str | Path, standin: StandinConfig | None, geometry: st
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def prepare_standins(cfg: Config, *, progress: bool = True) -> list[Path]:
+    """Simulate every missing stand-in file of ``cfg``: its inputs and its evaluation reference.
+
+    Raises :class:`InputError` for a missing input without stand-in settings; a missing reference
+    without ``evaluate.reference_standin`` is left to the evaluation to report.
+    """
+    d, e = cfg.data, cfg.evaluate
+    paths = [ensure_standin(path, d.standin, d.geometry, "data.inputs", progress=progress) for path in d.inputs]
+    if e.reference is not None and e.reference_standin is not None:
+        paths.append(ensure_standin(e.reference, e.reference_standin, d.geometry, "evaluate.reference",
+                                    progress=progress))
+    return paths

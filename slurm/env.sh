@@ -1,8 +1,8 @@
 # shellcheck shell=bash disable=SC2034  # (variables defined here are used by the scripts that source it)
-# Shared helper of the slurm/ scripts: sourced (never run) after the script has found the repository.
+# Shared helper of the slurm/ scripts: sourced (never run) as the first thing they do.
 #
 # Environment it reads (all optional; pass them with `sbatch --export=ALL,NAME=value` or export them before sbatch):
-#   CALO_REPO          the repository (the scripts find it themselves; set it if they cannot)
+#   CALO_REPO          the repository, if the scripts cannot find slurm/env.sh themselves (see below)
 #   CALO_SETUP         a shell file sourced first, for `module load ...`, conda, site settings; when set, no venv
 #                      is activated (activate one yourself in that file)
 #   CALO_VENV          virtual environment to use (default: <repo>/.venv when it exists)
@@ -29,11 +29,10 @@
 # means "stop": the step's exit code is passed on and nothing is requeued (Slurm requeues preempted jobs
 # itself where the site configures it).
 
-if [ -z "${CALO_REPO:-}" ] || [ ! -f "$CALO_REPO/slurm/env.sh" ]; then
-  echo "slurm/env.sh: CALO_REPO must name the repository before sourcing this file" >&2
-  exit 2
-fi
-CALO_REPO=$(cd "$CALO_REPO" && pwd)
+# The repository is the parent of the directory this file is in. The scripts locate this file with one line:
+# sbatch runs a spool copy of a script, so its $0 says nothing; `scontrol show job` names the script that was
+# submitted; CALO_REPO overrides both; `bash slurm/<script>.sh` (e.g. inside salloc) finds it beside $0.
+CALO_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) || exit 2
 export CALO_REPO
 cd "$CALO_REPO" || exit 2
 

@@ -24,15 +24,9 @@
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
 
-# Find the repository (sbatch runs a copy of this script from its spool directory).
-for CALO_REPO in "${CALO_REPO:-}" "$(dirname "$0")/.." \
-    "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*\.sh\( .*\)*$|\1|p' | head -n1)" \
-    "${SLURM_SUBMIT_DIR:-}" "${SLURM_SUBMIT_DIR:-}/.."; do
-  [ -n "$CALO_REPO" ] && [ -f "$CALO_REPO/slurm/env.sh" ] && break
-done
-[ -f "$CALO_REPO/slurm/env.sh" ] || { echo "cannot find the repository: set CALO_REPO" >&2; exit 2; }
 CALO_DEFAULT_CONFIG=configs/ds3.yaml
-source "$CALO_REPO/slurm/env.sh"
+# sbatch runs a spool copy of this script: locate slurm/env.sh through SLURM (or $CALO_REPO, or beside $0).
+source "${CALO_REPO:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*\.sh\( .*\)*$|\1|p' | grep . || echo "$(dirname "$0")/..")}/slurm/env.sh" || exit 2
 
 RANK_ARGS=()
 if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_tools.calochallenge_hdf5 import shower_file_writer
-from pipeline.geometry import load_geometry
-from pipeline.preprocessing import Preprocessor
-from pipeline.shower_stats import block_stats, stats_to_dict
+from pipeline.data.calochallenge_hdf5 import shower_file_writer
+from pipeline.physics.geometry import load_geometry
+from pipeline.physics.preprocessing import Preprocessor
+from pipeline.physics.shower_stats import block_stats, stats_to_dict
 
 REPO = Path(__file__).resolve().parent.parent
 

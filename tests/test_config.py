@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from pipeline.config import Config, load_config, save_resolved
-from pipeline.config_loader import ConfigError
+from pipeline.config.loader import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

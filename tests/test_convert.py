@@ -1,19 +1,19 @@
 """Conversion HDF5 -> zarr: bit-identical round trip, attrs, statistics, every bad-input case."""
 
 import json
-import os
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import run_module, tree_bytes, write_random_showers
-from data_tools.calochallenge_hdf5 import InputError
 from data_tools.convert import convert
-from pipeline.geometry import load_geometry
-from pipeline.shower_stats import block_stats, merge_stats
-from pipeline.store import ShowerStore, StoreError, StoreLayout
+from pipeline.config import StoreLayout
+from pipeline.data.calochallenge_hdf5 import InputError
+from pipeline.data.shower_store import ShowerStore, StoreError
+from pipeline.physics.geometry import load_geometry
+from pipeline.physics.shower_stats import block_stats
+
+from conftest import run_module, tree_bytes, write_random_showers
 
 LAYOUT = StoreLayout(chunk_rows=8, shard_rows=32)
 
@@ -202,6 +202,22 @@ def test_config_mode_missing_input_without_standin_is_an_error(tmp_path, capsys)
     assert err.startswith("convert: error: data.inputs: ")
     assert f"{missing} does not exist (and data.standin is not set to simulate it)" in err
     assert not (tmp_path / "s.zarr").exists() and not missing.parent.exists()
+
+
+def test_config_mode_also_simulates_the_standin_reference(tmp_path, capsys):
+    """convert is the chain's first stage: it prepares every stand-in file the later stages read."""
+    from data_tools.convert import main
+
+    reference = tmp_path / "ref" / "reference_ds2.hdf5"
+    sets = ["--set", "data.standin.n=40", "--set", f"evaluate.reference={reference}",
+            "--set", "evaluate.reference_standin={n: 24, seed: 9, workers: 1}"]
+    assert main(["--config", _config(tmp_path), *sets, "--quiet"]) == 0
+    with h5py.File(reference, "r") as f:
+        assert f["showers"].shape == (24, 6480)
+    assert ShowerStore(tmp_path / "s.zarr").n == 40  # the reference is not converted into the training store
+    mtime = reference.stat().st_mtime_ns
+    assert main(["--config", _config(tmp_path), *sets, "--quiet"]) == 0
+    assert reference.stat().st_mtime_ns == mtime
 
 
 def test_cli_without_config_needs_inputs_geometry_and_out(tmp_path):

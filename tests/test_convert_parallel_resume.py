@@ -1,18 +1,17 @@
 """Conversion killed with SIGKILL and re-run, and under mpirun -n 2: same bytes as a plain run."""
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_module, tree_bytes, write_random_showers, find_mpirun
 from data_tools.convert import convert
-from pipeline.store import ShowerStore, StoreError, StoreLayout
+from pipeline.config import StoreLayout
+from pipeline.data.shower_store import ShowerStore, StoreError
+
+from conftest import REPO, find_mpirun, run_module, tree_bytes, write_random_showers
 
 ARGS = ["--geometry", "ds3", "--chunk-rows", "8", "--shard-rows", "16", "--quiet"]
 

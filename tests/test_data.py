@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_random_showers
 from data_tools.convert import convert
-from pipeline.data import ShowerStream, StreamError
-from pipeline.store import ShowerStore, StoreLayout
+from pipeline.config import StoreLayout
+from pipeline.data.shower_store import ShowerStore
+from pipeline.data.stream import ShowerStream, StreamError
+
+from conftest import write_random_showers
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,26 @@ import pytest
 import torch
 
 from data_tools.convert import convert
-from conftest import assert_same_generated_showers, make_preprocessor, randomize_zero_init, write_random_showers
-from pipeline.config import ModelConfig
-from pipeline.data import ShowerStream
-from pipeline.diffusion import (CosineSchedule, NoiseSource, ddim_step, diffuse, distillation_target, generate,
-                                predict_x_eps, sample, time_grid, training_losses)
-from pipeline.geometry import load_geometry
+from pipeline.config import ModelConfig, StoreLayout
+from pipeline.data.shower_store import ShowerStore
+from pipeline.data.stream import ShowerStream
+from pipeline.diffusion import (
+    CosineSchedule,
+    NoiseSource,
+    ddim_step,
+    diffuse,
+    distillation_target,
+    predict_x_eps,
+    sample,
+    synthesize,
+    time_grid,
+    training_losses,
+)
 from pipeline.models import build_models
-from pipeline.preprocessing import Preprocessor
-from pipeline.store import ShowerStore, StoreLayout
+from pipeline.physics.geometry import load_geometry
+from pipeline.physics.preprocessing import Preprocessor
+
+from conftest import assert_same_generated_showers, make_preprocessor, randomize_zero_init, write_random_showers
 
 SCHEDULE = CosineSchedule(-20.0, 20.0)
 MU, S = 1.5, 0.3  # toy data: every element ~ N(MU, S^2)
@@ -122,16 +133,16 @@ def test_generation_is_batch_split_invariant(eta):
     that got another row's noise, energy or layer energies would differ by order one."""
     geometry, layer_net, unet, pre = _random_pair(torch.float64)
     kw = dict(layer_model=layer_net, voxel_model=unet, preprocessor=pre, steps=3, eta=eta, threshold=False)
-    full = generate(ENERGIES, SEEDS, **kw)
+    full = synthesize(ENERGIES, SEEDS, **kw)
     assert full.dtype == torch.float64 and full.shape == (6, *geometry.shape) and (full >= 0).all()
-    halves = torch.cat([generate(ENERGIES[:2], SEEDS[:2], **kw), generate(ENERGIES[2:], SEEDS[2:], **kw)])
-    singles = torch.cat([generate(ENERGIES[i:i + 1], SEEDS[i:i + 1], **kw) for i in range(6)])
+    halves = torch.cat([synthesize(ENERGIES[:2], SEEDS[:2], **kw), synthesize(ENERGIES[2:], SEEDS[2:], **kw)])
+    singles = torch.cat([synthesize(ENERGIES[i:i + 1], SEEDS[i:i + 1], **kw) for i in range(6)])
     torch.testing.assert_close(halves, full, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(singles, full, rtol=1e-9, atol=1e-12)
-    swapped = generate(ENERGIES[[1, 0]], SEEDS[:2], **kw)  # same seeds, energies exchanged
+    swapped = synthesize(ENERGIES[[1, 0]], SEEDS[:2], **kw)  # same seeds, energies exchanged
     assert not torch.allclose(swapped, full[:2], rtol=1e-3)
-    assert not torch.allclose(full[0], generate(ENERGIES[:1], [6], **kw)[0], rtol=1e-3)
-    cut = generate(ENERGIES[:2], SEEDS[:2], **{**kw, "threshold": True})
+    assert not torch.allclose(full[0], synthesize(ENERGIES[:1], [6], **kw)[0], rtol=1e-3)
+    cut = synthesize(ENERGIES[:2], SEEDS[:2], **{**kw, "threshold": True})
     assert ((cut == 0) | (cut >= geometry.threshold_mev)).all()
 
 
@@ -140,12 +151,12 @@ def test_float32_generation_is_batch_split_invariant_to_kernel_tolerance():
     within the measured kernel spread (tests/conftest.py FLOAT32_*)."""
     geometry, layer_net, unet, pre = _random_pair(torch.float32)
     kw = dict(layer_model=layer_net, voxel_model=unet, preprocessor=pre, steps=3, eta=1.0, threshold=False)
-    full = generate(ENERGIES, SEEDS, **kw)
-    halves = torch.cat([generate(ENERGIES[:2], SEEDS[:2], **kw), generate(ENERGIES[2:], SEEDS[2:], **kw)])
+    full = synthesize(ENERGIES, SEEDS, **kw)
+    halves = torch.cat([synthesize(ENERGIES[:2], SEEDS[:2], **kw), synthesize(ENERGIES[2:], SEEDS[2:], **kw)])
     assert full.dtype == torch.float32
     assert_same_generated_showers(halves, full, geometry.threshold_mev)
     with pytest.raises(AssertionError):  # the check sees a shower given another shower's noise
-        assert_same_generated_showers(generate(ENERGIES, SEEDS[::-1], **kw), full, geometry.threshold_mev)
+        assert_same_generated_showers(synthesize(ENERGIES, SEEDS[::-1], **kw), full, geometry.threshold_mev)
 
 
 def stand_in_store(tmp_path, geometry: str, n: int) -> ShowerStore:

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import run_layout
 from pipeline.config import load_config
-from pipeline.config_loader import ConfigError
+from pipeline.config.loader import ConfigError
+from pipeline.data import run_layout
+from pipeline.data.shower_store import ShowerStore
 from pipeline.diffusion import sample
-from pipeline.distill import stage_config, teacher_of
-from pipeline.generate import Sampler, load_sampler
-from pipeline.store import ShowerStore
+from pipeline.generation.sampler import Sampler, load_sampler
+from pipeline.training.distill_command import stage_config, teacher_of
+
 from test_train import clean_env, run_group, store, train_cmd, write_config  # noqa: F401 - the module's store fixture
 
 TEACHER_STEPS = 4
@@ -106,8 +107,8 @@ def test_two_stages_bring_the_student_to_the_teacher(chain):
     student = load_sampler(run_layout.distill_dir(cfg, 1), torch.device("cpu"))
     initial = load_sampler(run_layout.distill_dir(cfg, 0), torch.device("cpu"))
     initial.steps = student.steps  # the student before training: the teacher's weights with half the steps
-    store = ShowerStore(cfg.data.store)
-    showers, energies = torch.from_numpy(store.showers[:32]), torch.from_numpy(store.energies[:32])
+    data = ShowerStore(cfg.data.store)
+    showers, energies = torch.from_numpy(data.showers[:32]), torch.from_numpy(data.energies[:32])
     before = samples_gap(initial, teacher, showers, energies)
     after = samples_gap(student, teacher, showers, energies)
     print(f"gap to the {TEACHER_STEPS}-step teacher: before {before}, after {after}")

@@ -1,4 +1,4 @@
-"""pipeline.distributed: rank discovery from each launcher (faked), node lists, and real 2-rank training
+"""pipeline.runtime.distributed: rank discovery from each launcher (faked), node lists, and real 2-rank training
 under mpirun and under SLURM variables as srun sets them."""
 
 from __future__ import annotations
@@ -6,19 +6,33 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline.runtime import distributed
+from pipeline.runtime.distributed import (
+    DistributedError,
+    discover,
+    export,
+    parse_nodelist,
+    port_from_job_id,
+    tasks_on_node,
+)
+
 from conftest import REPO, find_mpirun
-from pipeline import distributed
-from pipeline.distributed import DistributedError, discover, export, parse_nodelist, port_from_job_id, tasks_on_node
-from test_train import LAUNCH_PREFIXES, LAUNCH_VARIABLES, clean_env, read_done, run_group, run_train, store, \
-    train_cmd, write_config  # noqa: F401  (store is a fixture)
+from test_train import (
+    LAUNCH_PREFIXES,
+    LAUNCH_VARIABLES,
+    clean_env,
+    read_done,
+    run_group,
+    run_train,
+    train_cmd,  # noqa: F401  (store is a fixture)
+    write_config,
+)
 
 
 @pytest.fixture
@@ -183,8 +197,8 @@ class _FakeComm:
 def test_mpi_environment(bare_env):
     bare_env.setenv("PMI_RANK", "1")
     bare_env.setenv("PMI_SIZE", "2")
-    bare_env.setattr("pipeline.mpi_comm.world_comm", lambda: _FakeComm())
-    bare_env.setattr("pipeline.distributed._shared_memory_split", lambda: 0)
+    bare_env.setattr("pipeline.runtime.mpi.world_comm", lambda: _FakeComm())
+    bare_env.setattr("pipeline.runtime.distributed._shared_memory_split", lambda: 0)
     env = discover()
     assert (env.rank, env.local_rank, env.world_size, env.local_world_size, env.source) == (1, 1, 2, 2, "mpi")
     assert (env.master_addr, env.master_port) == ("127.0.0.1", 29999)

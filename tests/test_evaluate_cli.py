@@ -4,12 +4,14 @@ import json
 
 import pytest
 
-from conftest import run_module, write_random_showers
 from data_tools.convert import convert
 from data_tools.simulate import simulate_file
-from pipeline.cli import COMMANDS
-from pipeline.evaluate import main
-from pipeline.store import StoreLayout
+from data_tools.standin import ensure_standin
+from pipeline.config import StoreLayout, load_config
+from pipeline.evaluation.command import main
+from pipeline.tools.cli import COMMANDS
+
+from conftest import run_module, write_random_showers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,10 +80,15 @@ def test_config_mode_paths_standin_reference_overrides_and_skip(tmp_path, capsys
     samples.mkdir(parents=True)
     export = simulate_file(samples / "generated.hdf5", "ds2", 250, seed=2)  # run_layout.export_path
     cfg = _config(tmp_path)
+    # the stand-in reference is simulated by the chain's first stage (convert --config) or the demo, not here
+    assert main(["--config", cfg]) == 2
+    assert "stand-in reference (evaluate.reference_standin), simulated by the convert stage" in capsys.readouterr().err
+    loaded = load_config(cfg)
+    ensure_standin(loaded.evaluate.reference, loaded.evaluate.reference_standin, "ds2", "evaluate.reference")
     assert main(["--config", cfg]) == 0
     out = tmp_path / "run" / "evaluation"  # run_layout.evaluation_dir
     report = _strict((out / "report.json").read_text())
-    assert (tmp_path / "ref" / "reference_ds2.hdf5").is_file()  # the stand-in reference was simulated
+    assert (tmp_path / "ref" / "reference_ds2.hdf5").is_file()
     assert report["inputs"]["generated"]["path"] == str(export) and report["inputs"]["reference"]["n"] == 300
     assert report["geometry"] == "ds2" and set(report["classifier"]) == {"high"}
     assert report["settings"]["classifier"]["max_epochs"] == 2 and "physics_distance" not in report
@@ -107,8 +114,9 @@ def test_config_mode_paths_standin_reference_overrides_and_skip(tmp_path, capsys
 def test_config_mode_errors(tmp_path, capsys):
     import zarr
 
-    from pipeline.geometry import load_geometry
-    from pipeline.store import FORMAT_NAME, FORMAT_VERSION, StoreLayout, create_arrays
+    from pipeline.config import StoreLayout
+    from pipeline.data.shower_store import FORMAT_NAME, FORMAT_VERSION, create_arrays
+    from pipeline.physics.geometry import load_geometry
 
     g = load_geometry("ds2")
     sample = tmp_path / "run" / "samples" / "generated.zarr"
@@ -138,10 +146,10 @@ def test_config_mode_errors(tmp_path, capsys):
 def test_report_json_is_written_last(tmp_path, monkeypatch):
     import numpy as np
 
+    from pipeline.data.samples import ArraySample
     from pipeline.evaluation import report as report_mod
     from pipeline.evaluation.runner import EvalOptions, evaluate_samples
-    from pipeline.evaluation.samples import ArraySample
-    from pipeline.geometry import load_geometry
+    from pipeline.physics.geometry import load_geometry
 
     g = load_geometry("ds2")
     rng = np.random.default_rng(0)

@@ -9,7 +9,12 @@ from scipy import linalg
 from pipeline.evaluation.calibration import Isotonic, auc, auc_null_std, jsd_estimate
 from pipeline.evaluation.physics_distance import fpd, frechet_distance, kpd, mmd2_unbiased, normalise
 from pipeline.evaluation.separation import (
-    compare, compare_grouped_counts, grouped_noise_floor, noise_floor, reference_binning, separation_power,
+    compare,
+    compare_grouped_counts,
+    grouped_noise_floor,
+    noise_floor,
+    reference_binning,
+    separation_power,
 )
 from pipeline.evaluation.sparse_rows import SparseRows
 

@@ -6,16 +6,21 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import write_random_showers
-from data_tools.calochallenge_hdf5 import shower_file_writer
 from data_tools.convert import convert
+from pipeline.config import StoreLayout
+from pipeline.data.calochallenge_hdf5 import shower_file_writer
+from pipeline.data.samples import ArraySample, SampleError, check_compatible, open_sample
 from pipeline.evaluation import distortions
 from pipeline.evaluation.observables import (
-    ENERGY_BINS_MEV, LayerMoments, compute_observables, energy_bin_index, high_level_features,
+    ENERGY_BINS_MEV,
+    LayerMoments,
+    compute_observables,
+    energy_bin_index,
+    high_level_features,
 )
-from pipeline.evaluation.samples import ArraySample, SampleError, check_compatible, open_sample
-from pipeline.geometry import load_geometry
-from pipeline.store import StoreLayout
+from pipeline.physics.geometry import load_geometry
+
+from conftest import write_random_showers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import random_batch, run_module, write_random_showers
 from data_tools import export as export_mod
-from data_tools.calochallenge_hdf5 import inspect_file
 from data_tools.convert import convert
 from data_tools.export import export, main
-from pipeline.cli import COMMANDS
-from pipeline.geometry import load_geometry
-from pipeline.store import FORMAT_NAME, FORMAT_VERSION, StoreError, StoreLayout, create_arrays
+from pipeline.config import StoreLayout
+from pipeline.data.calochallenge_hdf5 import inspect_file
+from pipeline.data.shower_store import FORMAT_NAME, FORMAT_VERSION, StoreError, create_arrays
+from pipeline.physics.geometry import load_geometry
+from pipeline.tools.cli import COMMANDS
+
+from conftest import random_batch, run_module, write_random_showers
 
 LAYOUT = StoreLayout(chunk_rows=8, shard_rows=32)
 
@@ -168,7 +170,6 @@ def _error(capsys, argv: list[str]) -> str:
 
 
 def test_input_errors_name_the_path(converted, tmp_path, capsys):
-    store = converted[0]
     out = str(tmp_path / "o.hdf5")
     missing = tmp_path / "nope.zarr"
     assert f"{missing}: no such zarr store" in _error(capsys, [str(missing), "--out", out])

@@ -17,19 +17,22 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, assert_same_generated_showers, randomize_zero_init
-from pipeline import run_layout
 from pipeline.config import load_config, save_resolved
-from pipeline.config_loader import ConfigError
+from pipeline.config.loader import ConfigError
+from pipeline.data import run_layout
+from pipeline.data.run_layout import write_done
+from pipeline.data.sample_store import MANIFEST_FILE
+from pipeline.data.shower_store import ShowerStore, StoreError
 from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed
-from pipeline.ema import EMA, export_ema
-from pipeline.engine import DiffusionPair
-from pipeline.generate import IncidentEnergies, load_sampler, run
-from pipeline.geometry import load_geometry
+from pipeline.generation.command import run
+from pipeline.generation.energies import IncidentEnergies
+from pipeline.generation.sampler import load_sampler
 from pipeline.models import build_models
-from pipeline.sample_store import MANIFEST_FILE
-from pipeline.store import ShowerStore, StoreError
-from pipeline.train import write_done
+from pipeline.physics.geometry import load_geometry
+from pipeline.training.ema import EMA, export_ema
+from pipeline.training.pairs import DiffusionPair
+
+from conftest import REPO, assert_same_generated_showers, randomize_zero_init
 from test_train import clean_env, store, write_config  # noqa: F401 - the module's store fixture
 
 N = 150  # 3 blocks of 64 (the last one partial), shards of 32

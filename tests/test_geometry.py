@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.geometry import GeometryError, load_geometry, parse_binning_xml
+from pipeline.physics.geometry import GeometryError, load_geometry, parse_binning_xml
 
 
 @pytest.mark.parametrize("name,voxels", [("ds1-photons", 368), ("ds1-pions", 533), ("ds2", 6480), ("ds3", 40500)])

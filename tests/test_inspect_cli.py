@@ -1,10 +1,11 @@
 import json
 
-from conftest import run_module
 from data_tools.convert import convert
 from data_tools.inspect import summarize
-from pipeline.cli import main as calo_main
-from pipeline.store import StoreLayout
+from pipeline.config import StoreLayout
+from pipeline.tools.cli import main as calo_main
+
+from conftest import run_module
 
 
 def test_inspect_hdf5_and_store(tmp_path, small_ds3):
@@ -22,7 +23,7 @@ def test_inspect_hdf5_and_store(tmp_path, small_ds3):
 
 def test_inspect_reports_incomplete_store(tmp_path, small_ds3):
     out = convert([small_ds3[0]], tmp_path / "s.zarr", "ds3", layout=StoreLayout(8, 32), progress=False)
-    from pipeline.store import ShowerStore
+    from pipeline.data.shower_store import ShowerStore
     ShowerStore(out, writable=True).group.attrs["complete"] = False
     (out / "_conversion").mkdir()
     s = summarize(out)

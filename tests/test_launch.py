@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import launch
 from pipeline.config import load_config
-from pipeline.config_loader import ConfigError
-from pipeline.launch_job import StageFailed, StageJob
-from pipeline.launch_plan import Step, build_plan, chain, format_plan, is_live, select
+from pipeline.config.loader import ConfigError
+from pipeline.launch import command as launch
+from pipeline.launch.executors import executor_parameters
+from pipeline.launch.plan import Step, build_plan, chain, format_plan, is_live, select
+from pipeline.launch.stage_job import StageFailed, StageJob
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -232,7 +233,7 @@ def test_slurm_parameters_and_sbatch_script(cfg, tmp_path):
     cfg.launch.additional_parameters = {"constraint": "a100"}
     cfg.launch.train.gpus_per_node, cfg.launch.train.mem_gb = 4, 64
     train = chain(cfg)[1]
-    params = launch.executor_parameters(cfg, train, "slurm", after="123")
+    params = executor_parameters(cfg, train, "slurm", after="123")
     script = _make_sbatch_string(command="python -m submitit.core._submit X", folder=tmp_path / "%j", **params)
     for line in ("--dependency=afterok:123", "--kill-on-invalid-dep=yes", "--requeue", "--signal=USR1@30",
                  "--gpus-per-node=4", "--mem=64GB", "--partition=gpu", "--account=calo", "--constraint=a100",
@@ -240,12 +241,12 @@ def test_slurm_parameters_and_sbatch_script(cfg, tmp_path):
         assert f"#SBATCH {line}\n" in script, line
     assert "module load cuda\nexport SUBMITIT_PREEMPT_SIGNAL=USR1\n" in script
     assert "USR2" not in script
-    convert = launch.executor_parameters(cfg, chain(cfg)[0], "slurm", after=None)
+    convert = executor_parameters(cfg, chain(cfg)[0], "slurm", after=None)
     assert "dependency" not in convert["additional_parameters"] and "gpus_per_node" not in convert
     assert "srun_args" not in convert
     cfg.launch.convert.tasks_per_node = 4
-    assert launch.executor_parameters(cfg, chain(cfg)[0], "slurm", None)["srun_args"] == ["--mpi=pmi2"]
-    local = launch.executor_parameters(cfg, chain(cfg)[0], "local", None)
+    assert executor_parameters(cfg, chain(cfg)[0], "slurm", None)["srun_args"] == ["--mpi=pmi2"]
+    local = executor_parameters(cfg, chain(cfg)[0], "local", None)
     assert local["tasks_per_node"] == 1 and local["timeout_min"] == 10 and local["signal_delay_s"] == 30
 
 
@@ -325,7 +326,7 @@ class FakeScheduler:
         self.next_id = 100
 
     def __call__(self, cfg, stage, executor, after):
-        params = launch.executor_parameters(cfg, stage, executor, after)
+        params = executor_parameters(cfg, stage, executor, after)
         scheduler = self
 
         class Executor:
@@ -640,7 +641,7 @@ def test_slurm_requeue_on_the_time_limit_signal(slurm_run, capsys, monkeypatch):
 
 
 def real_stages_missing() -> list[str]:
-    from pipeline.launch_plan import MODULES
+    from pipeline.launch.plan import MODULES
 
     return [m for m in MODULES.values() if importlib.util.find_spec(m) is None]
 

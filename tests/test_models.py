@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import randomize_zero_init
-from pipeline import cli, info
 from pipeline.config import ModelConfig, load_config
-from pipeline.config_loader import ConfigError
-from pipeline.geometry import load_geometry
+from pipeline.config.loader import ConfigError
 from pipeline.models import PRESETS, LayerEnergyNet, VoxelUNet, build_models, count_parameters
+from pipeline.physics.geometry import load_geometry
+from pipeline.tools import cli, info
+
+from conftest import randomize_zero_init
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

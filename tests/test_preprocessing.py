@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from data_tools.convert import convert
-from conftest import make_preprocessor, random_batch, write_random_showers
-from pipeline.geometry import load_geometry
-from pipeline.preprocessing import Preprocessor, inverse_logit, logit
-from pipeline.shower_stats import block_stats, stats_to_dict
-from pipeline.store import ShowerStore, StoreLayout
+from pipeline.config import StoreLayout
+from pipeline.data.shower_store import ShowerStore
+from pipeline.physics.geometry import load_geometry
+from pipeline.physics.preprocessing import Preprocessor, inverse_logit, logit
+from pipeline.physics.shower_stats import block_stats, stats_to_dict
 
+from conftest import make_preprocessor, random_batch, write_random_showers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from pipeline.geometry import load_geometry
-from pipeline.shower_stats import LOGIT_ALPHA, Moments, block_stats, logit_fraction, merge_stats, stats_from_dict, stats_to_dict
+from pipeline.physics.geometry import load_geometry
+from pipeline.physics.shower_stats import (
+    LOGIT_ALPHA,
+    Moments,
+    block_stats,
+    logit_fraction,
+    merge_stats,
+    stats_from_dict,
+    stats_to_dict,
+)
 
 
 def test_moments_merge_equals_whole_sample():

@@ -13,16 +13,11 @@ import h5py
 import numpy as np
 import pytest
 
-from data_tools.shower_model import (
-    BLOCK,
-    DEFAULT_PARAMS,
-    sample_incident_energies,
-    simulate_showers,
-    with_params,
-)
 from data_tools.plot_showers import main as plot_main
+from data_tools.shower_model import BLOCK, DEFAULT_PARAMS, sample_incident_energies, simulate_showers, with_params
 from data_tools.simulate import simulate_file
-from pipeline.geometry import load_geometry
+from pipeline.physics.geometry import load_geometry
+
 from conftest import run_module
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -20,15 +20,21 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
-from pipeline.checkpoint import LATEST, Checkpointer, CheckpointError, step_of, tag_for
 from pipeline.config import load_config
-from pipeline.config_loader import ConfigError
-from pipeline.data import StreamError
-from pipeline.ema import EMA, export_ema, load_ema_weights, load_tensors, save_tensors
-from pipeline.engine import lr_factor
-from pipeline.store import StoreError
-from pipeline.train import EXIT_CONFIG, EXIT_NONFINITE, EXIT_REQUEUE, parse_duration, preflight, read_done
+from pipeline.config.loader import ConfigError
+from pipeline.data.run_layout import read_done
+from pipeline.data.shower_store import StoreError
+from pipeline.data.stream import StreamError
+from pipeline.models.ema_weights import load_ema_weights
+from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_NONFINITE, EXIT_REQUEUE
+from pipeline.runtime.tensor_files import load_tensors, save_tensors
+from pipeline.runtime.time_limit import parse_duration
+from pipeline.training.checkpoint import LATEST, Checkpointer, CheckpointError, step_of, tag_for
+from pipeline.training.ema import EMA, export_ema
+from pipeline.training.engine import lr_factor
+from pipeline.training.train_command import preflight
+
+from conftest import REPO
 
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 LAUNCH_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "SUBMITIT_", "MPI_LOCAL", "HYDRA_")
@@ -48,7 +54,7 @@ def store(tmp_path_factory) -> Path:
     """320 stand-in ds2 showers in chunks of 16: 16 training and 4 validation chunks."""
     from data_tools.convert import convert
     from data_tools.simulate import simulate_file
-    from pipeline.store import StoreLayout
+    from pipeline.config import StoreLayout
 
     d = tmp_path_factory.mktemp("train_store")
     simulate_file(d / "standin.hdf5", "ds2", 320, seed=1, workers=1)
@@ -202,7 +208,7 @@ def test_ema_update_and_tensor_files(tmp_path, monkeypatch):
     assert ema.updates == 1 and not ema.module.weight.requires_grad
     path = save_tensors(tmp_path / "a", {"w": torch.arange(4.0)}, {"k": "v"})
     assert path.suffix == ".safetensors"
-    monkeypatch.setattr("pipeline.ema._safetensors", None)
+    monkeypatch.setattr("pipeline.runtime.tensor_files._safetensors", None)
     fallback = save_tensors(tmp_path / "b", {"w": torch.arange(4.0)}, {"k": "v"})
     assert fallback.suffix == ".pt"
     tensors, meta = load_tensors(fallback)
@@ -229,7 +235,7 @@ def test_deepspeed_checkpoint_loading_is_weights_only(tmp_path):
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
-    from pipeline.engine import make_loading_safe
+    from pipeline.training.engine import make_loading_safe
 
     engine = type("FakeEngine", (), {})()
     engine.checkpoint_engine = TorchCheckpointEngine()

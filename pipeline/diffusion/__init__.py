@@ -1,13 +1,18 @@
 """Continuous-time v-prediction diffusion: schedule and loss (:mod:`.schedule`), DDIM sampling and the
 distillation target (:mod:`.sampler`), distillation losses (:mod:`.distillation`), per-shower noise
-(:mod:`.noise`), generation (:mod:`.generate`)."""
+(:mod:`.noise`), and the two-network shower synthesis (:mod:`.synthesis`: layer energies, then voxels,
+then the inverse preprocessing).
+
+Owns: the mathematics of training targets and sampling; networks are passed in as callables. May import:
+:mod:`pipeline.runtime`, :mod:`pipeline.config`, :mod:`pipeline.physics` (never :mod:`pipeline.models`).
+"""
 
 from pipeline.diffusion.distillation import distillation_losses, student_times
-from pipeline.diffusion.generate import generate
 from pipeline.diffusion.noise import NoiseSource, item_seed, shower_seed, uniform_from_seeds
 from pipeline.diffusion.sampler import ddim_step, distillation_target, sample, time_grid
 from pipeline.diffusion.schedule import CosineSchedule, ModelFn, diffuse, predict_x_eps, training_losses, v_loss
+from pipeline.diffusion.synthesis import synthesize
 
 __all__ = ["CosineSchedule", "ModelFn", "NoiseSource", "ddim_step", "diffuse", "distillation_losses",
-           "distillation_target", "generate", "item_seed", "predict_x_eps", "sample", "shower_seed", "student_times",
-           "time_grid", "training_losses", "uniform_from_seeds", "v_loss"]
+           "distillation_target", "item_seed", "predict_x_eps", "sample", "shower_seed", "student_times",
+           "synthesize", "time_grid", "training_losses", "uniform_from_seeds", "v_loss"]

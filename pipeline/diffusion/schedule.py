@@ -86,7 +86,7 @@ def v_loss(model_fn: ModelFn, schedule: CosineSchedule, x: Tensor, t: Tensor, no
 def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..., Tensor], layers: Tensor,
                     voxels: Tensor, cond: Tensor, schedule: CosineSchedule,
                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """v-losses of both networks on one preprocessed batch (see :class:`pipeline.preprocessing.Preprocessed`).
+    """v-losses of both networks on one preprocessed batch (see :class:`pipeline.physics.preprocessing.Preprocessed`).
 
     Each network gets its own uniform times and Gaussian noise (from ``generator`` when given, which
     must live on the batch's device). The voxel network is conditioned on the true layer energies.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.geometry import Geometry
+from pipeline.physics.geometry import Geometry
 
 
 def _grid(showers: np.ndarray, geometry: Geometry) -> np.ndarray:

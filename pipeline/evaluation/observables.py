@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.evaluation.samples import Sample
+from pipeline.data.samples import Sample
 from pipeline.evaluation.sparse_rows import SparseRows
-from pipeline.geometry import Geometry
+from pipeline.physics.geometry import Geometry
 
 #: incident-energy bins (MeV) of the energy-binned observables; the last one includes its upper edge
 ENERGY_BINS_MEV: tuple[tuple[float, float], ...] = ((1e3, 1e4), (1e4, 1e5), (1e5, 1e6))

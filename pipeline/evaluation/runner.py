@@ -13,14 +13,20 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.samples import Sample, check_compatible
 from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, LowLevelFeatures, classifier_test
 from pipeline.evaluation.observables import (
-    ENERGY_BIN_LABELS, ENERGY_BINS_MEV, FAMILIES, SampleObservables, compute_observables, energy_bin_index,
-    radial_profile, voxel_log_edges,
+    ENERGY_BIN_LABELS,
+    ENERGY_BINS_MEV,
+    FAMILIES,
+    SampleObservables,
+    compute_observables,
+    energy_bin_index,
+    radial_profile,
+    voxel_log_edges,
 )
 from pipeline.evaluation.physics_distance import fpd, kpd
 from pipeline.evaluation.published import published_rows
-from pipeline.evaluation.samples import Sample, check_compatible
 from pipeline.evaluation.separation import N_BINS, Separation, compare, compare_grouped_counts, family_summary
 
 #: fewest showers per sample in an incident-energy bin for its separation powers

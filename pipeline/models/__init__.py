@@ -1,15 +1,20 @@
 """Networks of the two-stage shower diffusion: :class:`LayerEnergyNet` (layer energies) and
-:class:`VoxelUNet` (voxels given layer energies), sized by the presets in :mod:`.presets`."""
+:class:`VoxelUNet` (voxels given layer energies), sized by the presets in :mod:`.presets`, and the file
+their exported EMA weights travel in (:mod:`.ema_weights`).
+
+Owns: architectures and their weights file. May import: :mod:`pipeline.runtime`, :mod:`pipeline.config`,
+:mod:`pipeline.physics` (never :mod:`pipeline.diffusion`: the networks do not know how they are trained).
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.geometry import Geometry
 from pipeline.models.layer_net import LayerEnergyNet
 from pipeline.models.presets import PRESETS, LayerNetSpec, Preset, UNetSpec
 from pipeline.models.unet import VoxelUNet
+from pipeline.physics.geometry import Geometry
 
 __all__ = ["LayerEnergyNet", "VoxelUNet", "PRESETS", "Preset", "UNetSpec", "LayerNetSpec", "build_models",
            "count_parameters"]

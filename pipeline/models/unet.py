@@ -24,8 +24,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.models.blocks import (CylConv3d, Downsample, ResBlock, ScalarEmbedding, Size3, TransformerBlock,
-                                    Upsample, group_norm, zero_init)
+from pipeline.models.blocks import (
+    CylConv3d,
+    Downsample,
+    ResBlock,
+    ScalarEmbedding,
+    Size3,
+    TransformerBlock,
+    Upsample,
+    group_norm,
+    zero_init,
+)
 from pipeline.models.presets import UNetSpec
 
 

@@ -1,0 +1,8 @@
+"""Showers on disk and on their way to the stages.
+
+Owns: the CaloChallenge HDF5 format (:mod:`.calochallenge_hdf5`), the project's zarr shower store
+(:mod:`.shower_store`), the rank-sharded training stream (:mod:`.stream`), block-wise reading of any
+sample (:mod:`.samples`), the generated-sample store written block by block (:mod:`.sample_store`) and
+where every stage of a run writes and how it marks itself finished (:mod:`.run_layout`).
+May import: :mod:`pipeline.runtime`, :mod:`pipeline.config`, :mod:`pipeline.physics`.
+"""

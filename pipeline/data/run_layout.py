@@ -1,0 +1,103 @@
+"""Where each stage of a run puts its outputs, and how a stage knows it is finished.
+
+    <run.dir>/                     training run (config.yaml, checkpoints/, ema/, logs/, DONE.json)
+    <run.dir>/distill/stage_K/     distillation stage K (same layout, DONE.json names its steps)
+    <run.dir>/samples/generated.zarr   generated sample (manifest.json written last)
+    <run.dir>/samples/generated.hdf5   its CaloChallenge HDF5 export
+    <run.dir>/evaluation/          report and plots (report.json written last)
+    <run.dir>/launch/              pipeline.launch: jobs.json, config.yaml, logs/
+
+Every stage writes its completion marker last and atomically, so ``pipeline.launch`` and the demo skip
+exactly the finished stages. ``DONE.json`` of a training run or distillation stage is written by
+:func:`write_done` and read by :func:`read_done` (distillation reads its teacher's, generation its model's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, ConfigError
+from pipeline.runtime.files import atomic_write_json, utc_now
+
+DONE_FILE = "DONE.json"  # training run or distillation stage finished
+REQUEUE_FILE = "REQUEUE"  # stopped early with a checkpoint: re-run to continue
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.json"
+
+
+def train_dir(cfg: Config) -> Path:
+    return Path(cfg.run.dir)
+
+
+def distill_dir(cfg: Config, stage: int) -> Path:
+    """Run directory of distillation stage ``stage`` (0: the training run itself)."""
+    return train_dir(cfg) if stage == 0 else train_dir(cfg) / "distill" / f"stage_{stage}"
+
+
+def n_stages(cfg: Config) -> int:
+    return len(cfg.distill.student_steps(cfg.diffusion.sample_steps))
+
+
+def stage_steps(cfg: Config, stage: int) -> int:
+    """Sampling steps of stage ``stage`` (0: the teacher's ``diffusion.sample_steps``)."""
+    if not 0 <= stage <= n_stages(cfg):
+        raise ConfigError(f"stage {stage}: this config has stages 0..{n_stages(cfg)} "
+                          f"(diffusion.sample_steps {cfg.diffusion.sample_steps} -> distill.final_steps "
+                          f"{cfg.distill.final_steps})")
+    return cfg.diffusion.sample_steps >> stage
+
+
+def model_dir(cfg: Config, model: str | None = None) -> Path:
+    """The run directory of ``generate.model`` (or ``model``): final, teacher, stage_K or a path."""
+    name = model or cfg.generate.model
+    if name == "final":
+        return distill_dir(cfg, n_stages(cfg))
+    if name == "teacher":
+        return train_dir(cfg)
+    match = re.fullmatch(r"stage_(\d+)", name)
+    if match:
+        stage = int(match.group(1))
+        stage_steps(cfg, stage)  # range check
+        return distill_dir(cfg, stage)
+    return Path(name)
+
+
+def sample_path(cfg: Config) -> Path:
+    return Path(cfg.generate.out) if cfg.generate.out else train_dir(cfg) / "samples" / "generated.zarr"
+
+
+def export_path(cfg: Config) -> Path:
+    return Path(cfg.generate.export) if cfg.generate.export else sample_path(cfg).with_suffix(".hdf5")
+
+
+def launch_dir(cfg: Config) -> Path:
+    """``pipeline.launch``'s files: jobs.json, the resolved config every job reads, job logs."""
+    return train_dir(cfg) / "launch"
+
+
+def evaluation_dir(cfg: Config) -> Path:
+    return Path(cfg.evaluate.out) if cfg.evaluate.out else train_dir(cfg) / "evaluation"
+
+
+def read_done(run_dir: str | Path) -> dict[str, Any] | None:
+    """``DONE.json`` of a finished run, with ``ema``, ``config`` and ``checkpoint`` as absolute paths."""
+    path = Path(run_dir) / DONE_FILE
+    if not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    for key in ("ema", "config", "checkpoint"):
+        done[key] = str((Path(run_dir) / done[key]).resolve())
+    return done
+
+
+def write_done(cfg: Config, run_dir: Path, config_path: str | None, **fields: Any) -> Path:
+    """Write ``DONE.json`` atomically (paths inside the run directory are relative to it)."""
+    done = {"status": "done", "config": "config.yaml", "config_source": config_path,
+            "store": str(Path(cfg.data.store).resolve()), "geometry": cfg.data.geometry,
+            "preset": cfg.model.preset, "max_steps": cfg.train.max_steps,
+            "finished_at": utc_now(), **fields}
+    atomic_write_json(run_dir / DONE_FILE, done)
+    return run_dir / DONE_FILE

@@ -1,0 +1,87 @@
+"""Generating a rank's blocks: batches through the sampler, whole shards into the sample store, a marker
+per finished block; plus the device and the batch size that fill it."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.data.sample_store import SampleStore
+from pipeline.diffusion import shower_seed
+from pipeline.generation.energies import IncidentEnergies
+from pipeline.generation.sampler import Sampler
+from pipeline.runtime.files import utc_now
+from pipeline.runtime.precision import autocast
+from pipeline.runtime.signals import StopSignals
+
+CPU_BATCH = 64
+
+
+def pick_device(local_rank: int) -> torch.device:
+    """This local rank's GPU (round robin over the node's GPUs), or the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def auto_batch_size(sampler: Sampler, device: torch.device, precision: str, cap: int) -> int:
+    """Showers per forward pass that fill ~70 % of the free GPU memory (``CPU_BATCH`` on CPU)."""
+    if device.type != "cuda":
+        return min(CPU_BATCH, cap)
+    peaks = []
+    for b in (8, 16):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with autocast(precision, device):
+            sampler(torch.full((b,), 1e4, dtype=torch.float64), list(range(b)))
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    per_shower = max((peaks[1] - peaks[0]) / 8, 1.0)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(8, min(cap, (0.7 * free - peaks[0]) // per_shower // 8 * 8)))
+
+
+def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEnergies, blocks: list[int], *,
+                    batch_size: int, precision: str, device: torch.device, rank: int, signals: StopSignals,
+                    pad: bool, progress: bool) -> bool:
+    """Generate and write ``blocks``; False if a stop signal ended it early (the current block is redone)."""
+    total = sum(b - a for a, b in map(sample.rows, blocks))
+    shard = sample.store.shard_rows
+    bar = tqdm(total=total, unit="shower", unit_scale=True, disable=not progress, desc="generate", dynamic_ncols=True)
+    try:
+        for block in blocks:
+            start, stop = sample.rows(block)
+            t0, started = time.perf_counter(), utc_now()
+            e_block = energies(start, stop)
+            for s0 in range(start, stop, shard):
+                s1 = min(s0 + shard, stop)
+                out = np.empty((s1 - s0, *sampler.geometry.shape), dtype=np.float32)
+                for b0 in range(s0, s1, batch_size):
+                    if signals.received:
+                        return False
+                    b1 = min(b0 + batch_size, s1)
+                    idx = list(range(b0, b1))
+                    if pad:  # constant shapes for torch.compile; padded rows are dropped
+                        idx += [idx[-1]] * (batch_size - len(idx))
+                    e = torch.from_numpy(e_block[np.array(idx) - start])
+                    with autocast(precision, device):
+                        showers = sampler(e, [shower_seed(sample.plan["seed"], i) for i in idx])
+                    out[b0 - s0:b1 - s0] = showers[: b1 - b0].float().cpu().numpy()
+                    bar.update(b1 - b0)
+                sample.write(s0, out, e_block[s0 - start:s1 - start])
+            seconds = time.perf_counter() - t0
+            sample.mark_done(block, {"seconds": seconds, "started_at": started, "rank": rank,
+                                     "host": socket.gethostname(), "device": str(device), "precision": precision,
+                                     "batch_size": batch_size, "showers_per_s": (stop - start) / seconds})
+            if not progress:
+                print(f"generate: rank {rank} block {block} ({start}-{stop}) {(stop - start) / seconds:.1f} showers/s",
+                      file=sys.stderr)
+    finally:
+        bar.close()
+    return True

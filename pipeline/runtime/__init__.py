@@ -1,0 +1,8 @@
+"""Process-level services every stage needs, independent of showers and models.
+
+Owns: rank discovery and the process group (:mod:`.distributed`), the MPI communicator of the data tools
+(:mod:`.mpi`), stop signals (:mod:`.signals`), exit codes (:mod:`.exit_codes`), time limits
+(:mod:`.time_limit`), derived seeds (:mod:`.seeds`), atomic files and timestamps (:mod:`.files`),
+tensor files that load without unpickling (:mod:`.tensor_files`) and autocast precision
+(:mod:`.precision`). May import: nothing else of ``pipeline`` (the bottom layer).
+"""

@@ -1,0 +1,10 @@
+"""Training and progressive distillation on the DeepSpeed engine (commands ``pipeline.train`` and
+``pipeline.distill``).
+
+Owns: the train command and ``train()`` (:mod:`.train_command`), distillation stages (:mod:`.distill_command`),
+the loop (:mod:`.trainer`), both networks as one trainable module (:mod:`.pairs`), the engine, optimiser
+and schedule (:mod:`.engine`), starting weights (:mod:`.initial_weights`), checkpoints and exact resume
+(:mod:`.checkpoint`), the EMA (:mod:`.ema`) and metrics logs (:mod:`.metrics_log`).
+May import: :mod:`pipeline.runtime`, :mod:`pipeline.config`, :mod:`pipeline.physics`, :mod:`pipeline.data`,
+:mod:`pipeline.models`, :mod:`pipeline.diffusion` (never generation, evaluation, launch or tools).
+"""

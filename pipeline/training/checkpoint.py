@@ -1,0 +1,212 @@
+"""Crash-safe checkpoints of a DeepSpeed training run and exact resume.
+
+Layout under ``<run.dir>/checkpoints``::
+
+    latest                     name of the newest complete checkpoint; replaced atomically, last
+    step_00001000/             one checkpoint ("tag"), written by every rank
+        mp_rank_00_model_states.pt                   DeepSpeed: weights, LR scheduler, step counters
+        zero_pp_rank_<r>_mp_rank_00_optim_states.pt  DeepSpeed: rank r's fp32 partition + AdamW moments
+        ema.safetensors        EMA weights (fp32; ``.pt`` tensor file without safetensors)
+        rank_<r>.safetensors   rank r's RNG states (torch CPU/CUDA, training-noise generator) as uint8
+        rank_<r>.json          rank r's data-stream position, Python and NumPy RNG states
+        train_state.json       step, samples, world size, ZeRO stage, EMA updates, losses (written last)
+
+Write order: every rank calls ``engine.save_checkpoint(save_latest=False)``, writes and fsyncs its own
+files into the tag directory; after a barrier rank 0 writes ``train_state.json`` and only then replaces
+``latest`` (temporary file, fsync, rename). A kill at any moment leaves ``latest`` naming the previous
+complete checkpoint; half-written tag directories are never read and are pruned later. Loading reads
+``latest``, checks the tag's ``train_state.json`` (world size, ZeRO stage) and loads everything
+weights-only: DeepSpeed's files through :func:`pipeline.training.engine.make_loading_safe`, ours as tensor
+files and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.runtime.distributed import barrier
+from pipeline.runtime.files import atomic_write_bytes, atomic_write_json, fsync_path
+from pipeline.runtime.tensor_files import find_tensor_file, load_tensors, save_tensors
+from pipeline.training.ema import EMA
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "train_state.json"
+_TAG = re.compile(r"step_(\d{8,})")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed by this run (wrong world size, missing files)."""
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    m = _TAG.fullmatch(tag)
+    if m is None:
+        raise CheckpointError(f"{tag!r} is not a checkpoint tag (step_NNNNNNNN)")
+    return int(m.group(1))
+
+
+# ------------------------------------------------------------------------- RNG
+def capture_rng(generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This rank's RNG states: tensors (torch CPU, CUDA, noise generator) and JSON (Python, NumPy)."""
+    tensors = {"torch_cpu": torch.get_rng_state(), "noise": generator.get_state()}
+    if torch.cuda.is_available():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    js = {"python": [version, list(state), gauss],
+          "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    return tensors, js
+
+
+def restore_rng(generator: torch.Generator, tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    generator.set_state(tensors["noise"])
+    if torch.cuda.is_available() and "torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
+    version, state, gauss = js["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = js["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ----------------------------------------------------------------- checkpoints
+@dataclass
+class Resumed:
+    """What :meth:`Checkpointer.load` restored besides the engine, EMA and RNG."""
+
+    tag: str
+    state: dict[str, Any]
+    stream: dict[str, Any]
+
+
+class Checkpointer:
+    """Save and load checkpoints of one run directory (every rank makes the same calls)."""
+
+    def __init__(self, run_dir: str | Path, rank: int, world_size: int, keep: int = 2) -> None:
+        self.dir = Path(run_dir) / CHECKPOINTS
+        self.rank, self.world_size, self.keep = rank, world_size, keep
+        self.last_save_seconds: float | None = None
+
+    def latest_tag(self) -> str | None:
+        """The newest complete checkpoint, or None."""
+        path = self.dir / LATEST
+        if not path.is_file():
+            return None
+        tag = path.read_text().strip()
+        step_of(tag)
+        if not (self.dir / tag / STATE_FILE).is_file():
+            raise CheckpointError(f"{path} names {tag} but {self.dir / tag / STATE_FILE} is missing")
+        return tag
+
+    def read_state(self, tag: str) -> dict[str, Any]:
+        return json.loads((self.dir / tag / STATE_FILE).read_text())
+
+    def save(self, engine: Any, step: int, ema: EMA, generator: torch.Generator, stream_state: dict[str, Any],
+             state: dict[str, Any]) -> Path:
+        """Write checkpoint ``step`` on every rank, then move ``latest`` to it (see module doc)."""
+        t0 = time.perf_counter()
+        tag = tag_for(step)
+        tag_dir = self.dir / tag
+        if self.latest_tag() == tag:  # already saved (e.g. stopped right after a resume)
+            return tag_dir
+        if self.rank == 0 and tag_dir.exists():  # left by an interrupted save; `latest` never named it
+            shutil.rmtree(tag_dir)
+        barrier()
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state={}, save_latest=False)
+        rng_tensors, rng_json = capture_rng(generator)
+        mine = [save_tensors(tag_dir / f"rank_{self.rank}", rng_tensors)]
+        atomic_write_json(tag_dir / f"rank_{self.rank}.json", {"rank": self.rank, "stream": stream_state,
+                                                               "rng": rng_json})
+        mine.append(tag_dir / f"zero_pp_rank_{self.rank}_mp_rank_00_optim_states.pt")
+        if self.rank == 0:
+            mine += [save_tensors(tag_dir / "ema", ema.state_dict()), tag_dir / "mp_rank_00_model_states.pt"]
+        for path in mine:
+            if path.is_file():
+                fsync_path(path)
+        barrier()
+        if self.rank == 0:
+            atomic_write_json(tag_dir / STATE_FILE, {**state, "step": step, "world_size": self.world_size,
+                                                     "ema_updates": ema.updates, "saved_at": time.time()})
+            atomic_write_bytes(self.dir / LATEST, tag.encode())
+            self._prune(keep_tag=tag)
+        barrier()
+        self.last_save_seconds = time.perf_counter() - t0
+        return tag_dir
+
+    def _prune(self, keep_tag: str) -> None:
+        """Delete all but the newest ``keep`` checkpoints up to ``keep_tag`` (and any other tag directory)."""
+        tags = sorted((p.name for p in self.dir.iterdir() if p.is_dir() and _TAG.fullmatch(p.name)), key=step_of)
+        kept = [t for t in tags if step_of(t) <= step_of(keep_tag)][-self.keep:]
+        for t in tags:
+            if t not in kept:
+                shutil.rmtree(self.dir / t, ignore_errors=True)
+
+    def load(self, engine: Any, tag: str, ema: EMA, generator: torch.Generator, zero_stage: int) -> Resumed:
+        """Restore engine (weights, optimiser, scheduler, counters), EMA and RNG; return the rest."""
+        state = self.read_state(tag)
+        check_compatible(self.dir / tag, state, self.world_size, zero_stage)
+        load_path, _ = engine.load_checkpoint(str(self.dir), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load {self.dir / tag}")
+        tag_dir = self.dir / tag
+        ema_file = find_tensor_file(tag_dir / "ema")
+        rng_file = find_tensor_file(tag_dir / f"rank_{self.rank}")
+        if ema_file is None or rng_file is None:
+            raise CheckpointError(f"{tag_dir}: EMA or rank {self.rank} RNG file missing")
+        ema_state, _ = load_tensors(ema_file)
+        ema.load_state_dict(ema_state, state["ema_updates"])
+        rng_tensors, _ = load_tensors(rng_file)
+        rank_json = json.loads((tag_dir / f"rank_{self.rank}.json").read_text())
+        restore_rng(generator, rng_tensors, rank_json["rng"])
+        return Resumed(tag, state, rank_json["stream"])
+
+
+def check_compatible(tag_dir: Path, state: dict[str, Any], world_size: int, zero_stage: int) -> None:
+    """Raise CheckpointError unless a run with ``world_size`` ranks and ``zero_stage`` can resume ``tag_dir``."""
+    if state["world_size"] != world_size:
+        raise CheckpointError(
+            f"{tag_dir} was written by {state['world_size']} ranks but this run has {world_size}: ZeRO partitions "
+            f"the optimiser state and the data stream per rank, so an exact resume needs {state['world_size']} ranks. "
+            f"Re-run with {state['world_size']} ranks, or continue from its weights and EMA with a fresh optimiser "
+            f"and schedule in a new run directory: --set run.dir=NEW_DIR --set train.init_from={tag_dir} "
+            f"(DeepSpeed's universal-checkpoint conversion is not supported: its loader unpickles arbitrary objects)"
+        )
+    if state.get("zero_stage") != zero_stage:
+        raise CheckpointError(f"{tag_dir} was written with ZeRO stage {state.get('zero_stage')}; this run uses "
+                              f"stage {zero_stage}: resume with --set train.zero_stage={state.get('zero_stage')}")
+
+
+def check_resumable(run_dir: str | Path, world_size: int, zero_stage: int) -> str | None:
+    """The tag a run in ``run_dir`` would resume from (None for a fresh run); raises if it cannot."""
+    ck = Checkpointer(run_dir, rank=0, world_size=world_size)
+    tag = ck.latest_tag()
+    if tag is not None:
+        check_compatible(ck.dir / tag, ck.read_state(tag), world_size, zero_stage)
+    return tag
+
+
+def resolve_init_from(path: str | Path) -> Path:
+    """A checkpoint tag directory from a tag directory, a checkpoints directory or a run directory."""
+    path = Path(path)
+    for candidate in (path, path / CHECKPOINTS):
+        if (candidate / LATEST).is_file():
+            return candidate / (candidate / LATEST).read_text().strip()
+    if (path / STATE_FILE).is_file():
+        return path
+    raise CheckpointError(f"train.init_from: {path} is not a checkpoint, checkpoints directory or run directory")

@@ -1,0 +1,98 @@
+"""Progressive distillation, one stage per job: stage k's student has half the DDIM steps of stage k - 1.
+
+    python -m pipeline.distill --config configs/ds3.yaml --stage 1 [--set distill.max_steps=...] [--time-limit 3:55:00]
+    srun python -m pipeline.distill --config configs/ds3.yaml --stage 2        # any launcher pipeline.train accepts
+
+Stage k reads ``DONE.json`` of stage k - 1 (stage 0 is the training run, ``run.dir``), starts the student
+and its EMA from the teacher's EMA weights and trains it with :func:`pipeline.diffusion.distillation_losses`
+(Salimans & Ho: one student step matches two teacher steps) using the training engine, so checkpoints,
+resume, preemption, exit codes and the run directory are exactly those of ``pipeline.train``. The
+stage runs in ``<run.dir>/distill/stage_<k>/`` with the ``distill`` section's steps, learning rate,
+warm-up and EMA decay; its ``DONE.json`` adds ``stage``, ``sample_steps``, ``teacher`` and ``teacher_ema``.
+The number of stages follows from ``diffusion.sample_steps`` and ``distill.final_steps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.config import Config, ConfigError, add_config_arguments, load_config
+from pipeline.data import run_layout
+from pipeline.data.run_layout import read_done
+from pipeline.data.shower_store import StoreError
+from pipeline.data.stream import StreamError
+from pipeline.runtime.distributed import DistributedError
+from pipeline.runtime.exit_codes import EXIT_CONFIG
+from pipeline.runtime.seeds import seed_for
+from pipeline.runtime.time_limit import COMMAND_STARTED, parse_duration
+from pipeline.training.checkpoint import CheckpointError
+from pipeline.training.initial_weights import Teacher
+from pipeline.training.train_command import train
+from pipeline.training.trainer import TrainResult
+
+_STAGE_SEED = 11  # seed purpose: each stage's noise differs from training's and from the other stages'
+
+
+def stage_config(cfg: Config, stage: int) -> Config:
+    """The training config of distillation stage ``stage`` (>= 1): its run directory, steps and optimiser."""
+    if stage < 1:
+        raise ConfigError(f"--stage: distillation stages start at 1 (stage 0 is pipeline.train), got {stage}")
+    steps = run_layout.stage_steps(cfg, stage)
+    d = cfg.distill
+    train_cfg = dataclasses.replace(cfg.train, max_steps=d.max_steps, lr=d.lr, warmup_steps=d.warmup_steps,
+                                    ema_decay=d.ema_decay, init_from=None)
+    return dataclasses.replace(
+        cfg, run=dataclasses.replace(cfg.run, dir=str(run_layout.distill_dir(cfg, stage)),
+                                     seed=seed_for(cfg.run.seed, _STAGE_SEED, stage) % 2**31),
+        diffusion=dataclasses.replace(cfg.diffusion, sample_steps=steps), train=train_cfg)
+
+
+def teacher_of(cfg: Config, stage: int) -> dict[str, Any]:
+    """``DONE.json`` of stage ``stage - 1`` (absolute paths); raises if it has not finished."""
+    previous = run_layout.distill_dir(cfg, stage - 1)
+    done = read_done(previous)
+    if done is None:
+        how = "python -m pipeline.train" if stage == 1 else f"python -m pipeline.distill --stage {stage - 1}"
+        raise ConfigError(f"--stage {stage}: its teacher (stage {stage - 1}) has not finished: no "
+                          f"{run_layout.DONE_FILE} in {previous}; run `{how}` with this config first")
+    expected = run_layout.stage_steps(cfg, stage - 1)
+    if done.get("sample_steps", expected) != expected:
+        raise ConfigError(f"--stage {stage}: the teacher in {previous} samples with {done['sample_steps']} steps, but "
+                          f"this config's stage {stage - 1} has {expected} (diffusion.sample_steps changed?)")
+    return done
+
+
+def distill(cfg: Config, stage: int, *, config_path: str | None = None, time_limit: float | None = None,
+            started: float | None = None) -> TrainResult:
+    """Run (or resume, or confirm done) distillation stage ``stage`` of the run ``cfg.run.dir``."""
+    stage_cfg = stage_config(cfg, stage)
+    done = teacher_of(cfg, stage)
+    teacher = Teacher(Path(done["ema"]), stage_cfg.diffusion.sample_steps, {
+        "stage": stage, "teacher": str(run_layout.distill_dir(cfg, stage - 1).resolve()),
+        "teacher_steps": done.get("sample_steps", cfg.diffusion.sample_steps >> (stage - 1)),
+        "teacher_ema_sha256": done.get("ema_sha256")})
+    return train(stage_cfg, config_path=config_path, time_limit=time_limit, started=started, teacher=teacher)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.distill", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--stage", type=int, required=True, help="stage number, 1 .. number of stages")
+    parser.add_argument("--time-limit", help="stop with a checkpoint before this much wall time (e.g. 3:55:00, 90m)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        try:
+            limit = parse_duration(args.time_limit) if args.time_limit else None
+        except ValueError as err:
+            raise ConfigError(f"--time-limit: {err}") from None
+        result = distill(cfg, args.stage, config_path=args.config, time_limit=limit, started=COMMAND_STARTED)
+    except (ConfigError, StoreError, StreamError, DistributedError, CheckpointError) as err:
+        print(f"distill: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    return result.exit_code

@@ -1,0 +1,123 @@
+"""Training observability on rank 0: tqdm progress bar, CSV metrics and TensorBoard scalars.
+
+``<run.dir>/logs/metrics.csv`` has one row per logging interval (``kind=train``: losses averaged over
+the interval, learning rate, gradient norm, showers/s, peak memory) and per validation (``kind=val``:
+loss of the trained weights and of the EMA). TensorBoard event files go to ``<run.dir>/logs/tensorboard``
+when the ``tensorboard`` package is installed. On resume, rows after the resumed step (written by the
+interrupted run) are dropped, so the log reads like one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.runtime.files import atomic_write_bytes
+
+COLUMNS = ("step", "kind", "epoch", "loss", "layer_loss", "voxel_loss", "ema_loss", "lr", "grad_norm",
+           "samples_per_s", "max_mem_mb", "elapsed_s")
+
+
+def max_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on ``device``, or this process's peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+class TrainLogger:
+    """Progress bar, CSV and TensorBoard; every method is a no-op except on rank 0."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool, start_step: int, max_steps: int,
+                 tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self.csv_path = Path(run_dir) / "logs" / "metrics.csv"
+        self.writer = self.bar = None
+        if not enabled:
+            return
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate(start_step)
+        self._csv = open(self.csv_path, "a", newline="")
+        self._rows = csv.writer(self._csv)
+        if self._csv.tell() == 0:
+            self._rows.writerow(COLUMNS)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard not installed
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(str(self.csv_path.parent / "tensorboard"),
+                                            purge_step=start_step + 1 if start_step else None)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
+                        mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
+
+    def _truncate(self, start_step: int) -> None:
+        """Drop rows after ``start_step`` (left by an interrupted run)."""
+        if not self.csv_path.is_file():
+            return
+        rows = list(csv.reader(self.csv_path.read_text().splitlines()))
+        if not rows or tuple(rows[0]) != COLUMNS:
+            self.csv_path.rename(self.csv_path.with_suffix(".csv.old"))
+            return
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= start_step]
+        if len(keep) != len(rows):
+            buf = io.StringIO()
+            csv.writer(buf).writerows(keep)
+            atomic_write_bytes(self.csv_path, buf.getvalue().encode())
+
+    def progress(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+        """Advance the bar to ``step``."""
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", showers_per_s=f"{samples_per_s:.1f}",
+                                 refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def row(self, step: int, kind: str, scalars: dict[str, Any]) -> None:
+        """One CSV row (missing columns empty) and the same scalars under ``kind/`` in TensorBoard."""
+        if not self.enabled:
+            return
+        values = {"step": step, "kind": kind, "elapsed_s": time.perf_counter() - self.t0, **scalars}
+        self._rows.writerow([_fmt(values.get(c)) for c in COLUMNS])
+        self._csv.flush()
+        if self.writer is not None:
+            for key, value in scalars.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+            self.writer.flush()
+
+    def message(self, text: str) -> None:
+        """A line on stderr that does not break the bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        self._csv.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,53 @@
+"""Both networks as one trainable module whose forward pass is the loss, for one engine and one optimiser.
+
+:class:`DiffusionPair` holds the layer-energy network and the voxel U-Net; its forward returns the v-losses
+of :func:`pipeline.diffusion.training_losses`. :class:`DistillationPair` is the same pair as a
+progressive-distillation student of a frozen teacher (:func:`pipeline.diffusion.distillation_losses`);
+its state dict is the plain pair's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.diffusion import CosineSchedule, distillation_losses, training_losses
+from pipeline.models import LayerEnergyNet, VoxelUNet
+
+
+class DiffusionPair(nn.Module):
+    """``forward(layers, voxels, cond, generator) -> {"loss", "layer", "voxel"}`` for both networks."""
+
+    def __init__(self, layer_net: LayerEnergyNet, voxel_unet: VoxelUNet, schedule: CosineSchedule) -> None:
+        super().__init__()
+        self.layer_net, self.voxel_unet, self.schedule = layer_net, voxel_unet, schedule
+
+    def forward(self, layers: Tensor, voxels: Tensor, cond: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return training_losses(self.layer_net, self.voxel_unet, layers, voxels, cond, self.schedule, generator)
+
+
+class FrozenTeacher:
+    """A frozen model shared, never copied: not a submodule (so it is neither trained, checkpointed nor
+    partitioned), and ``copy.deepcopy`` (the EMA's copy of the student) returns the same object."""
+
+    def __init__(self, model: DiffusionPair) -> None:
+        self.model = model.eval().requires_grad_(False)
+
+    def __deepcopy__(self, memo: dict) -> "FrozenTeacher":
+        return self
+
+
+class DistillationPair(DiffusionPair):
+    """A student pair whose loss is the progressive-distillation loss against ``teacher`` (2N steps)."""
+
+    def __init__(self, layer_net: LayerEnergyNet, voxel_unet: VoxelUNet, schedule: CosineSchedule,
+                 teacher: DiffusionPair, student_steps: int) -> None:
+        super().__init__(layer_net, voxel_unet, schedule)
+        self.teacher, self.student_steps = FrozenTeacher(teacher), student_steps
+
+    def forward(self, layers: Tensor, voxels: Tensor, cond: Tensor,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        t = self.teacher.model
+        return distillation_losses(self.layer_net, self.voxel_unet, t.layer_net, t.voxel_unet, layers, voxels, cond,
+                                   self.schedule, self.student_steps, generator)

@@ -1,0 +1,338 @@
+"""The training loop behind :func:`pipeline.training.train_command.train` (one instance per rank, process
+group started).
+
+Per optimiser step: ``grad_accum`` micro-batches (preprocess, forward under autocast, backward), one
+all-reduce of ``[loss, layer, voxel, signal, checkpoint-due, time-limit-due]`` so that every rank takes the
+same decisions (a non-finite sum stops the run before the update is applied), the DeepSpeed step, the
+EMA update, then logging, validation and checkpoints as due.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+import torch.distributed as dist
+
+from pipeline.config import Config, save_resolved, to_dict
+from pipeline.data.run_layout import DONE_FILE, REQUEUE_FILE, write_done
+from pipeline.data.shower_store import ShowerStore
+from pipeline.data.stream import ShowerStream
+from pipeline.diffusion import CosineSchedule
+from pipeline.models import build_models
+from pipeline.physics.preprocessing import Preprocessor
+from pipeline.runtime.distributed import DistEnv
+from pipeline.runtime.exit_codes import EXIT_DONE, EXIT_NONFINITE, EXIT_REQUEUE
+from pipeline.runtime.files import atomic_write_json, utc_now
+from pipeline.runtime.precision import autocast, resolve_precision
+from pipeline.runtime.seeds import seed_for
+from pipeline.runtime.signals import StopSignals
+from pipeline.runtime.tensor_files import tensor_suffix
+from pipeline.training.checkpoint import Checkpointer, step_of, tag_for
+from pipeline.training.ema import EMA, export_ema
+from pipeline.training.engine import build_engine
+from pipeline.training.initial_weights import Teacher, load_init_from, student_of
+from pipeline.training.metrics_log import TrainLogger, max_memory_mb
+from pipeline.training.pairs import DiffusionPair
+
+_NOISE, _TORCH, _VALIDATION = 1, 2, 3  # seed purposes
+warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: ``done``, ``stopped`` (signal or time limit) or ``nonfinite``."""
+
+    status: Literal["done", "stopped", "nonfinite"]
+    step: int
+    run_dir: Path
+    reason: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return {"done": EXIT_DONE, "stopped": EXIT_REQUEUE, "nonfinite": EXIT_NONFINITE}[self.status]
+
+
+class Trainer:
+    """Builds everything from the config, resumes, and runs the loop (see module doc).
+
+    With a ``teacher`` the run is a distillation stage: the student starts from the teacher's EMA weights
+    (and so does its EMA), and the loss is the progressive-distillation loss against the frozen teacher.
+    """
+
+    def __init__(self, cfg: Config, env: DistEnv, store: ShowerStore, *, config_path: str | None,
+                 started: float, time_limit: float | None, teacher: Teacher | None = None) -> None:
+        self.cfg, self.env, self.store, self.config_path = cfg, env, store, config_path
+        self.done_fields = {"stage": 0, "sample_steps": cfg.diffusion.sample_steps,
+                            **(teacher.done_fields if teacher else {})}
+        self.t, self.started, self.time_limit = cfg.train, started, time_limit
+        self.run_dir = Path(cfg.run.dir)
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        self.precision = resolve_precision(self.t.precision, self.device)
+        self.per_rank = cfg.per_rank_batch(env.world_size)
+        self.global_batch = cfg.data.batch_size * self.t.grad_accum
+        seed = cfg.run.seed
+
+        torch.manual_seed(seed)  # identical initial weights on every rank
+        layer_net, unet = build_models(cfg.model, store.geometry)
+        schedule = CosineSchedule.from_config(cfg.diffusion)
+        model = DiffusionPair(layer_net, unet, schedule).to(self.device)
+        if teacher is not None:
+            model = student_of(teacher, model, self.device, f"model.preset {cfg.model.preset!r} on {cfg.data.geometry}")
+        init_ema = load_init_from(self.t.init_from, model, self.device) if self.t.init_from else None
+        self.ema = EMA(model, self.t.ema_decay)
+        if init_ema is not None:
+            self.ema.load_state_dict(init_ema, 0)
+        self.engine = build_engine(cfg, model, env.world_size, self.device)
+        self.pre = Preprocessor.from_store(store).to(self.device)
+        torch.manual_seed(seed_for(seed, env.rank, _TORCH))
+        self.noise = torch.Generator(device=self.device)
+        self.noise.manual_seed(seed_for(seed, env.rank, _NOISE))
+        d = cfg.data
+        self.stream = ShowerStream(store, self.per_rank, split="train", rank=env.rank, world_size=env.world_size,
+                                   seed=seed, shuffle_chunks=d.shuffle_chunks, num_workers=d.num_workers,
+                                   prefetch_chunks=d.prefetch_chunks, resident=d.resident, device=self.device)
+        self.ckpt = Checkpointer(self.run_dir, env.rank, env.world_size, keep=self.t.keep_checkpoints)
+        self.step = self.samples = 0
+        self.last: dict[str, float] = {}  # latest reduced losses by name
+        self.val_seconds = 0.0
+
+    # ---------------------------------------------------------------- set-up
+    def _resume(self) -> str | None:
+        tag = self.ckpt.latest_tag()
+        steps = torch.tensor([-1 if tag is None else step_of(tag)] * 2, dtype=torch.float64)
+        steps[1] *= -1
+        steps = self._all_reduce(steps, dist.ReduceOp.MAX)
+        if steps[0] != -steps[1]:
+            raise RuntimeError(f"ranks see different latest checkpoints under {self.ckpt.dir} (shared filesystem?)")
+        if tag is None:
+            return None
+        resumed = self.ckpt.load(self.engine, tag, self.ema, self.noise, self.t.zero_stage)
+        self.stream.load_state_dict(resumed.stream)
+        self.step, self.samples = int(resumed.state["step"]), int(resumed.state["samples"])
+        self.last = dict(resumed.state.get("losses", {}))
+        if self.engine.global_steps != self.step:
+            raise RuntimeError(f"{tag}: DeepSpeed restored {self.engine.global_steps} steps, "
+                               f"train_state.json says {self.step}")
+        return tag
+
+    def _prepare_run_dir(self, log: TrainLogger, tag: str | None) -> None:
+        if not self.env.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in (REQUEUE_FILE, DONE_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
+        save_resolved(self.cfg, self.run_dir)
+        where = f"resumed from {tag}" if tag else "started"
+        log.message(f"train: {where} at step {self.step}/{self.t.max_steps} on {self.env.world_size} rank(s) "
+                    f"({self.env.source}, {self.device.type}, {self.precision}, ZeRO-{self.t.zero_stage}); "
+                    f"global batch {self.global_batch}, run dir {self.run_dir}")
+
+    # ------------------------------------------------------------------ loop
+    def run(self, signals: StopSignals) -> TrainResult:
+        """Resume if a checkpoint exists, train to ``max_steps`` or until a stop, finish."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tag = self._resume()
+        log = TrainLogger(self.run_dir, enabled=self.env.is_main, start_step=self.step, max_steps=self.t.max_steps)
+        self._prepare_run_dir(log, tag)
+        try:
+            return self._loop(log, signals)
+        finally:
+            log.close()
+
+    def _loop(self, log: TrainLogger, signals: StopSignals) -> TrainResult:
+        t = self.t
+        batches = iter(self.stream)
+        last_ckpt, step_times = time.monotonic(), [0.0]
+        interval = {"n": 0, "seconds": 0.0, "sums": torch.zeros(3, dtype=torch.float64)}
+        if t.val_every_steps and self.step == 0:
+            self._validate(log)  # baseline of the initial weights
+        while self.step < t.max_steps:
+            t0 = time.perf_counter()
+            local = self._accumulate(batches)
+            minutes = (time.monotonic() - last_ckpt) / 60
+            due_ckpt = t.checkpoint_every_minutes > 0 and minutes >= t.checkpoint_every_minutes
+            flags = [signals.received is not None, due_ckpt, self._near_time_limit(step_times)]
+            stats = self._all_reduce(torch.cat([local, torch.tensor(flags, dtype=torch.float64)]))
+            losses = stats[:3] / (self.env.world_size * t.grad_accum)
+            if not torch.isfinite(losses).all():
+                return self._nonfinite(log, losses)
+            if not self.engine.is_gradient_accumulation_boundary():
+                raise RuntimeError("DeepSpeed's micro-step count is out of step with train.grad_accum")
+            self.engine.step()
+            self.ema.update(self.engine.module)
+            self.step += 1
+            self.samples += self.global_batch
+            step_times = (step_times + [time.perf_counter() - t0])[-20:]
+            self.last.update(zip(("train_loss", "train_layer", "train_voxel"), losses.tolist()))
+            interval["n"] += 1
+            interval["seconds"] += step_times[-1]
+            interval["sums"] += losses
+            lr = self.engine.get_lr()[0]
+            log.progress(self.step, losses[0].item(), lr, self.global_batch / max(step_times[-1], 1e-9))
+            if self.step % t.log_every_steps == 0 or self.step == t.max_steps:
+                self._log_interval(log, interval, lr)
+            if t.val_every_steps and (self.step % t.val_every_steps == 0 or self.step == t.max_steps):
+                self._validate(log)
+            stop = f"signal {signals.received or 'on another rank'}" if stats[3] > 0 else \
+                "time limit" if stats[5] > 0 else None
+            if (stop or stats[4] > 0 or self.step == t.max_steps
+                    or (t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0)):
+                self._save()
+                last_ckpt = time.monotonic()
+            if stop and self.step < t.max_steps:
+                return self._stopped(log, stop)
+        if self.ckpt.latest_tag() != tag_for(self.step):
+            self._save()
+        return self._finish(log)
+
+    def _all_reduce(self, x: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
+        """All-reduce a small CPU tensor (through the GPU under NCCL)."""
+        y = x.to(self.device)
+        dist.all_reduce(y, op=op)
+        return y.cpu()
+
+    def _accumulate(self, batches: Iterator[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Forward and backward of one optimiser step's micro-batches; summed (loss, layer, voxel).
+
+        DeepSpeed counts micro-batches in ``engine.step()``: it is called after every backward but the last
+        here; the caller makes the last call (the accumulation boundary, which applies the update).
+        """
+        sums = torch.zeros(3, dtype=torch.float64)
+        for micro in range(self.t.grad_accum):
+            if micro:
+                self.engine.step()  # not a boundary: DeepSpeed only accumulates
+            batch = next(batches)
+            with torch.no_grad():
+                p = self.pre(batch["showers"].to(self.device), batch["energies"].to(self.device))
+            with autocast(self.precision, self.device):
+                out = self.engine(p.layers, p.voxels, p.cond, generator=self.noise)
+            self.engine.backward(out["loss"])
+            sums += torch.stack([out["loss"], out["layer"], out["voxel"]]).detach().double().cpu()
+        return sums
+
+    def _near_time_limit(self, step_times: list[float]) -> bool:
+        if self.time_limit is None:
+            return False
+        save = 1.5 * self.ckpt.last_save_seconds if self.ckpt.last_save_seconds else 10.0
+        margin = 2 * max(step_times) + save + (self.val_seconds if self.t.val_every_steps else 0.0)
+        return time.monotonic() - self.started + margin >= self.time_limit
+
+    # ----------------------------------------------------------- validation
+    @torch.no_grad()
+    def _validate(self, log: TrainLogger) -> None:
+        """Validation loss of the trained weights and of the EMA, with the same noise for both."""
+        t0 = time.perf_counter()
+        d = self.cfg.data
+        stream = ShowerStream(self.store, self.per_rank, split="validation", rank=self.env.rank,
+                              world_size=self.env.world_size, seed=self.cfg.run.seed, shuffle=False,
+                              num_workers=d.num_workers, prefetch_chunks=d.prefetch_chunks, device=self.device,
+                              epochs=1)
+        n = min(self.t.val_batches, len(stream))
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed_for(self.cfg.run.seed, self.env.rank, _VALIDATION))
+        model = self.engine.module
+        sums = torch.zeros(4, dtype=torch.float64)
+        model.eval()
+        batches = iter(stream)
+        try:
+            for _ in range(n):
+                batch = next(batches)
+                p = self.pre(batch["showers"].to(self.device), batch["energies"].to(self.device))
+                state = gen.get_state()
+                with autocast(self.precision, self.device):
+                    out = model(p.layers, p.voxels, p.cond, generator=gen)
+                    gen.set_state(state)
+                    ema_loss = self.ema.module(p.layers, p.voxels, p.cond, generator=gen)["loss"]
+                sums += torch.stack([out["loss"], out["layer"], out["voxel"], ema_loss]).double().cpu()
+        finally:
+            batches.close()
+            model.train()
+        sums = self._all_reduce(sums)
+        val = (sums / (n * self.env.world_size)).tolist()
+        self.last.update(zip(("val_loss", "val_layer", "val_voxel", "val_ema_loss"), val))
+        log.row(self.step, "val", {"epoch": self.stream.epoch, "loss": val[0], "layer_loss": val[1],
+                                   "voxel_loss": val[2], "ema_loss": val[3]})
+        self.val_seconds = time.perf_counter() - t0
+
+    def _log_interval(self, log: TrainLogger, interval: dict[str, Any], lr: float) -> None:
+        mean = (interval["sums"] / interval["n"]).tolist()
+        norm = self.engine.get_global_grad_norm() if self.t.grad_clip > 0 else None
+        log.row(self.step, "train", {
+            "epoch": self.stream.epoch, "loss": mean[0], "layer_loss": mean[1], "voxel_loss": mean[2], "lr": lr,
+            "grad_norm": float(norm) if norm is not None else None,
+            "samples_per_s": interval["n"] * self.global_batch / max(interval["seconds"], 1e-9),
+            "max_mem_mb": max_memory_mb(self.device)})
+        interval.update(n=0, seconds=0.0, sums=torch.zeros(3, dtype=torch.float64))
+
+    # ----------------------------------------------------------------- ends
+    def _save(self) -> None:
+        state = {"samples": self.samples, "epoch": self.stream.epoch, "zero_stage": self.t.zero_stage,
+                 "precision": self.precision, "global_batch": self.global_batch, "losses": self.last,
+                 "config": to_dict(self.cfg)}
+        self.ckpt.save(self.engine, self.step, self.ema, self.noise, self.stream.state_dict(), state)
+
+    def _stopped(self, log: TrainLogger, reason: str) -> TrainResult:
+        tag = tag_for(self.step)
+        if self.env.is_main:
+            atomic_write_json(self.run_dir / REQUEUE_FILE, {"reason": reason, "step": self.step, "checkpoint": tag,
+                                                            "time": utc_now()})
+            log.message(f"train: stopped by {reason} at step {self.step} with checkpoint {tag}; "
+                        f"re-run the same command to continue")
+        return TrainResult("stopped", self.step, self.run_dir, reason)
+
+    def _nonfinite(self, log: TrainLogger, losses: torch.Tensor) -> TrainResult:
+        good = self.ckpt.latest_tag()
+        reason = (f"non-finite loss at step {self.step + 1} (loss {losses[0].item()}, layer {losses[1].item()}, "
+                  f"voxel {losses[2].item()}); nothing saved, the last good checkpoint is "
+                  f"{self.ckpt.dir / good if good else 'none'}. Lower train.lr or check the data, then re-run.")
+        if self.env.is_main:
+            log.message(f"train: error: {reason}")
+        return TrainResult("nonfinite", self.step, self.run_dir, reason)
+
+    def _digests(self) -> dict[str, str]:
+        """sha256 of the trained and the EMA weights; raises unless every rank holds the same bytes."""
+        out = {}
+        for name, module in (("weights_sha256", self.engine.module), ("ema_sha256", self.ema.module)):
+            digest = state_digest(module.state_dict())
+            mine = torch.frombuffer(bytearray(bytes.fromhex(digest)), dtype=torch.uint8).to(self.device)
+            everyone = [torch.empty_like(mine) for _ in range(self.env.world_size)]
+            dist.all_gather(everyone, mine)
+            if any(not torch.equal(x, mine) for x in everyone):
+                raise RuntimeError(f"ranks hold different {name.split('_')[0]} after step {self.step}")
+            out[name] = digest
+        return out
+
+    def _finish(self, log: TrainLogger) -> TrainResult:
+        digests = self._digests()
+        if self.env.is_main:
+            rel = Path("ema") / f"ema_step_{self.step:08d}{tensor_suffix()}"
+            (self.run_dir / "ema").mkdir(exist_ok=True)
+            export_ema(self.ema, self.run_dir / rel, {
+                "step": self.step, "config": to_dict(self.cfg), "geometry": self.cfg.data.geometry,
+                "preset": self.cfg.model.preset, "store": str(Path(self.cfg.data.store).resolve()),
+                "preprocessing_stats": self.store.stats})  # generation needs no access to the training store
+            write_done(self.cfg, self.run_dir, self.config_path, step=self.step, samples=self.samples,
+                       epoch=self.stream.epoch, ema=str(rel), ema_format=tensor_suffix()[1:],
+                       checkpoint=f"checkpoints/{tag_for(self.step)}", world_size=self.env.world_size,
+                       zero_stage=self.t.zero_stage, precision=self.precision, launcher=self.env.source,
+                       final_losses=self.last, ranks_agree=True, **self.done_fields, **digests)
+            log.message(f"train: done, {self.step} steps; EMA weights in {self.run_dir / rel}")
+        dist.barrier()
+        return TrainResult("done", self.step, self.run_dir)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes (in key order)."""
+    h = hashlib.sha256()
+    for key, value in state.items():
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
