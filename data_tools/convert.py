@@ -43,7 +43,9 @@ from pipeline.data.shower_store import (
 )
 from pipeline.physics.geometry import GEOMETRY_FILES, Geometry, load_geometry
 from pipeline.physics.shower_stats import block_stats, merge_stats, stats_from_dict, stats_to_dict
+from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_STORAGE
 from pipeline.runtime.mpi import world_comm
+from pipeline.runtime.signals import catch_from_start, run_main
 
 PROGRESS_DIR = "_conversion"
 
@@ -292,12 +294,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         comm = world_comm()
         settings = settings_from_args(args, comm)
         convert(**settings, overwrite=args.overwrite, comm=comm, progress=not args.quiet)
-    except (InputError, StoreError, ConfigError, OSError, RuntimeError) as err:
+    except (InputError, StoreError, ConfigError, RuntimeError) as err:  # RuntimeError: MPI set-up
         if comm is None or comm.Get_rank() == 0:
             print(f"convert: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
+    except OSError as err:  # writing failed (disk full, I/O error): the store stays incomplete, a re-run resumes
+        print(f"convert: error: writing {err.filename or 'the store'} failed: {err.strerror or err}; finished shards "
+              f"are kept and the same command resumes once this is fixed", file=sys.stderr)
+        return EXIT_STORAGE
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    catch_from_start(immediate=True)  # SIGUSR1/SIGTERM: stop now (everything is published atomically), exit 75
+    run_main(main)

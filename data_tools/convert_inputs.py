@@ -3,7 +3,6 @@ then read as one sequence of showers by global row range, checked finite and non
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -12,14 +11,7 @@ import numpy as np
 
 from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, inspect_file, read_energies
 from pipeline.physics.geometry import Geometry
-
-
-def sha256_of(path: Path, block: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(block):
-            digest.update(data)
-    return digest.hexdigest()
+from pipeline.runtime.files import sha256_file
 
 
 def describe_inputs(paths: Sequence[Path], geometry: Geometry) -> tuple[list[dict], np.ndarray]:
@@ -34,7 +26,7 @@ def describe_inputs(paths: Sequence[Path], geometry: Geometry) -> tuple[list[dic
         if bad.size:
             raise InputError(f"{path}: {ENERGY_KEY}[{bad[0]}] = {float(e[bad[0]])!r}; incident energies must be finite and > 0 MeV")
         sources.append({"path": str(path.resolve()), "name": path.name, "n": info.n,
-                        "size_bytes": info.size_bytes, "sha256": sha256_of(path), "dtype": info.dtype})
+                        "size_bytes": info.size_bytes, "sha256": sha256_file(path), "dtype": info.dtype})
         energies.append(e)
     return sources, np.concatenate(energies)
 

@@ -32,9 +32,11 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import ConfigError, add_config_arguments
-from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, shower_file_writer
+from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, shower_file_writer, write_chunk
 from pipeline.data.sample_store import check_generation_complete
 from pipeline.data.shower_store import ShowerStore, StoreError, read_attrs
+from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_STORAGE
+from pipeline.runtime.signals import catch_from_start, run_main
 
 #: target uncompressed size of one HDF5 chunk (as data_tools.simulate writes them)
 CHUNK_BYTES = 4 << 20
@@ -149,7 +151,7 @@ def write_showers(dset: h5py.Dataset, offset: int, showers: np.ndarray, pool: Th
             chunk = np.concatenate([chunk, np.zeros((chunk_rows - chunk.shape[0], chunk.shape[1]), chunk.dtype)])
         chunks.append(chunk)
     for k, data in enumerate(pool.map(deflate, chunks) if pool is not None else map(deflate, chunks)):
-        dset.id.write_direct_chunk((offset + k * chunk_rows, 0), data)
+        write_chunk(dset, offset + k * chunk_rows, data)
 
 
 def default_workers() -> int:
@@ -254,13 +256,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             out = export(args.sample, args.out, start=args.start, stop=args.stop, dtype=args.dtype or "float32",
                          overwrite=args.overwrite, progress=not args.quiet, workers=args.workers)
-    except (ExportError, StoreError, InputError, ConfigError, OSError) as err:
+    except (ExportError, StoreError, InputError, ConfigError) as err:
         print(f"export: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
+    except OSError as err:  # writing failed: nothing is published (the file is written as FILE.partial)
+        print(f"export: error: writing {err.filename or 'the export'} failed: {err.strerror or err}; no export "
+              f"file was published", file=sys.stderr)
+        return EXIT_STORAGE
     if out is not None and not args.quiet:
         print(f"export: wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    catch_from_start(immediate=True)  # SIGUSR1/SIGTERM: stop now (everything is published atomically), exit 75
+    run_main(main)

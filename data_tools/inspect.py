@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.data.calochallenge_hdf5 import SHOWER_KEY, InputError, inspect_file, read_energies
 from pipeline.data.shower_store import ShowerStore, StoreError, chunk_bounds
 from pipeline.physics.geometry import GEOMETRY_FILES, load_geometry
+from pipeline.runtime.exit_codes import EXIT_CONFIG
 
 
 def disk_bytes(path: Path) -> int:
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = summarize(args.path, args.sample)
     except (InputError, StoreError, OSError) as err:
         print(f"inspect: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     print(json.dumps(summary, indent=2) if args.json else _format(summary))
     return 0
 

@@ -38,7 +38,7 @@ from data_tools.shower_model import (
     sample_incident_energies,
     simulate_showers,
 )
-from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, shower_file_writer
+from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, shower_file_writer, write_chunk
 from pipeline.physics.geometry import GEOMETRY_FILES, load_geometry
 
 SUPPORTED_GEOMETRIES = ("ds2", "ds3")
@@ -148,7 +148,7 @@ def simulate_file(
             done = 0
             for first_chunk, chunks in results:
                 for k, data in enumerate(chunks):
-                    dset.id.write_direct_chunk(((first_chunk + k) * chunk_rows, 0), data)
+                    write_chunk(dset, (first_chunk + k) * chunk_rows, data)
                 done = min(n, (first_chunk + len(chunks)) * chunk_rows)
                 if progress and time.monotonic() - last > 5:
                     last = time.monotonic()

@@ -1,8 +1,18 @@
 """``python -m pipeline.generate``: mass generation into a zarr sample (see :mod:`pipeline.generation.command`)."""
 
-import sys
+from __future__ import annotations
 
-from pipeline.generation.command import main
+from typing import Sequence
+
+from pipeline.runtime.signals import catch_from_start, run_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.generation.command import main as command
+
+    return command(argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    catch_from_start()  # before the heavy imports: a stop signal during start-up is not fatal
+    run_main(main)

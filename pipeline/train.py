@@ -1,9 +1,19 @@
 """``python -m pipeline.train``: train the two networks (see :mod:`pipeline.training.train_command`)."""
 
-import sys
+from __future__ import annotations
 
-from pipeline.runtime import time_limit  # noqa: F401  (first: --time-limit counts from here)
-from pipeline.training.train_command import main
+from typing import Sequence
+
+from pipeline.runtime import time_limit  # noqa: F401  (the clock of --time-limit starts here)
+from pipeline.runtime.signals import catch_from_start, run_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.training.train_command import main as command
+
+    return command(argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    catch_from_start()  # before the heavy imports: a stop signal during start-up is not fatal
+    run_main(main)

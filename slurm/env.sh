@@ -9,9 +9,11 @@
 #   CALO_PYTHON        the interpreter (default: the venv's python, else python on PATH)
 #   CONFIG             YAML config (default per script, relative paths from the repository root)
 #   CALO_SET           space-separated config overrides "train.lr=2e-4 run.dir=/scratch/x" (no spaces in values)
-#   CALO_SRUN_ARGS     extra srun options for the job step, e.g. "--kill-on-bad-exit=1 --gpu-bind=closest"
+#   CALO_SRUN_ARGS     extra srun options for the job step, e.g. "--gpu-bind=closest" (after the defaults, so
+#                      "--kill-on-bad-exit=0" undoes that default)
 #   CALO_MAX_REQUEUES  stop requeueing after this many restarts (default 20)
 #   CALO_TIME_MARGIN   seconds kept free before the job's time limit for the last checkpoint (default 180)
+#   CALO_STATE_DIR     a directory every node can write, for the requeue markers (default <repo>/.slurm-state)
 #
 # It exports PYTHON, CONFIG, OVERRIDES (the "--set K=V ..." words; the array CALO_OVERRIDES keeps them exact),
 # OMP_NUM_THREADS (= SLURM_CPUS_PER_TASK), and defines SRUN (srun with this job's CPUs per task),
@@ -27,7 +29,13 @@
 # goes back to the queue with the same id (log appended thanks to --open-mode=append) and the re-run
 # resumes from the checkpoint. A SIGTERM to the batch shell (scancel, preemption, the time limit itself)
 # means "stop": the step's exit code is passed on and nothing is requeued (Slurm requeues preempted jobs
-# itself where the site configures it).
+# itself where the site configures it). pipeline.launch's jobs give SIGTERM the same meaning.
+#
+# A dead rank ends the job step at once: srun runs with --kill-on-bad-exit=1, so when one task exits non-zero
+# (a crash, or 75 after stopping) srun kills the others instead of leaving them in a collective until its
+# timeout (train.collective_timeout_minutes). srun's exit code then describes the killed tasks, not the
+# stop, so the requeue decision reads a marker instead: a stage that exits 75 first writes
+# $CALO_REQUEUE_MARKER (one file per job in $CALO_STATE_DIR, default <repo>/.slurm-state/: every node sees it).
 
 # The repository is the parent of the directory this file is in. The scripts locate this file with one line:
 # sbatch runs a spool copy of a script, so its $0 says nothing; `scontrol show job` names the script that was
@@ -75,7 +83,7 @@ export OVERRIDES="${CALO_OVERRIDES[*]}"
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}
 export PYTHONUNBUFFERED=1
 # Slurm 22.05's srun does not inherit --cpus-per-task from the job: pass it on explicitly.
-SRUN=(srun ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK})
+SRUN=(srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task=$SLURM_CPUS_PER_TASK})
 read -r -a _calo_srun_args <<<"${CALO_SRUN_ARGS:-}"
 SRUN+=("${_calo_srun_args[@]}")
 unset _calo_srun_args
@@ -106,11 +114,14 @@ _calo_forward() {  # trap handler: pass a signal the batch shell received on to 
 }
 
 # run_requeueable CMD...: run the job step CMD (normally "${SRUN[@]}" python -m ...) and exit with its code,
-# except that exit code 75 (the stage checkpointed and wants to continue) requeues this job and exits 0.
+# except that a stop (exit code 75, or the requeue marker a task left: the stage saved its state and wants to
+# continue) requeues this job and exits 0.
+export CALO_REQUEUE_MARKER="${CALO_STATE_DIR:-$CALO_REPO/.slurm-state}/requeue.${SLURM_JOB_ID:-pid$$}"
 run_requeueable() {
   local rc
   _calo_signal=
   _calo_step=
+  rm -f "$CALO_REQUEUE_MARKER"
   trap '_calo_forward USR1' USR1
   trap '_calo_forward TERM' TERM
   calo_log "running: $*"
@@ -123,6 +134,11 @@ run_requeueable() {
   done
   trap - USR1 TERM
   calo_log "job step exited with code $rc"
+  if [ -f "$CALO_REQUEUE_MARKER" ]; then
+    calo_log "a task stopped resumably: $(cat "$CALO_REQUEUE_MARKER")"
+    rm -f "$CALO_REQUEUE_MARKER"
+    rc=75
+  fi
   if [ "$rc" -eq 75 ]; then
     if [ "$_calo_signal" = TERM ]; then
       calo_log "stopped by SIGTERM (cancelled, preempted or out of time): not requeueing; resubmit to resume"

@@ -25,6 +25,6 @@
 
 CALO_DEFAULT_CONFIG=configs/ds3.yaml
 # sbatch runs a spool copy of this script: locate slurm/env.sh through SLURM (or $CALO_REPO, or beside $0).
-source "${CALO_REPO:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*\.sh\( .*\)*$|\1|p' | grep . || echo "$(dirname "$0")/..")}/slurm/env.sh" || exit 2
+source "${CALO_REPO:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*\.sh\( .*\)*$|\1|p' | head -n1 | grep . || echo "$(dirname "$0")/..")}/slurm/env.sh" || exit 2
 
 run_requeueable "${SRUN[@]}" "$PYTHON" -m pipeline.train --config "$CONFIG" "${CALO_OVERRIDES[@]}" "${TIME_LIMIT_ARGS[@]}" "$@"

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -50,6 +51,44 @@ def small_ds3(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     path = tmp_path / "small_ds3.hdf5"
     e, s = write_random_showers(path, 100, "ds3", seed=1)
     return path, e, s
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A training store (one per test module): 320 stand-in ds2 showers in chunks of 16, 16 training and 4
+    validation chunks."""
+    from data_tools.convert import convert
+    from data_tools.simulate import simulate_file
+    from pipeline.config import StoreLayout
+
+    d = tmp_path_factory.mktemp("train_store")
+    simulate_file(d / "standin.hdf5", "ds2", 320, seed=1, workers=1)
+    return convert([d / "standin.hdf5"], d / "store.zarr", "ds2", layout=StoreLayout(16, 64),
+                   validation_fraction=0.2, progress=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """Size-limited tmpfs filesystems under ``tmp_path``: ``mount(name, size)`` -> path, ``resize(path, size)``.
+    A real full disk (ENOSPC) where the machine allows mounting (root); the test is skipped otherwise."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                             text=True)
+        if out.returncode:
+            pytest.skip(f"cannot mount a size-limited tmpfs here ({out.stderr.strip()}): needs root")
+        mounted.append(path)
+        return path
+
+    def resize(path: Path, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+    yield SimpleNamespace(mount=mount, resize=resize)
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 @pytest.fixture

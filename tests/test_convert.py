@@ -149,12 +149,12 @@ def test_cli_success_and_error(tmp_path, small_ds3):
                     "--chunk-rows", "8", "--shard-rows", "32", "--quiet")
     assert ok.returncode == 0, ok.stderr
     bad = run_module("data_tools.convert", str(tmp_path / "nope.hdf5"), "--geometry", "ds3", "--out", str(tmp_path / "x.zarr"))
-    assert bad.returncode == 1 and "nope.hdf5: no such file" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "nope.hdf5: no such file" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_module("data_tools.convert", str(small_ds3[0]), "--geometry", "ds2", "--out", str(tmp_path / "y.zarr"))
-    assert bad.returncode == 1 and "40500 voxels per shower, but geometry 'ds2' has 6480" in bad.stderr
+    assert bad.returncode == 2 and "40500 voxels per shower, but geometry 'ds2' has 6480" in bad.stderr
     layout = run_module("data_tools.convert", str(small_ds3[0]), "--geometry", "ds3", "--out", str(tmp_path / "z.zarr"),
                         "--chunk-rows", "8", "--shard-rows", "12")
-    assert layout.returncode == 1 and "shard_rows: must be a positive multiple of chunk_rows" in layout.stderr
+    assert layout.returncode == 2 and "shard_rows: must be a positive multiple of chunk_rows" in layout.stderr
 
 
 def _config(tmp_path, standin: bool = True) -> str:
@@ -184,7 +184,7 @@ def test_config_mode_simulates_the_standin_converts_and_skips_a_rerun(tmp_path, 
     assert "already complete" in capsys.readouterr().out
     assert tree_bytes(tmp_path / "s.zarr") == before and source.stat().st_mtime_ns == mtime
     # explicit options override the config's values: another layout is another store
-    assert main(["--config", cfg, "--chunk-rows", "16", "--quiet"]) == 1
+    assert main(["--config", cfg, "--chunk-rows", "16", "--quiet"]) == 2
     assert "different inputs or settings" in capsys.readouterr().err
     # explicit inputs and --out override data.inputs and data.store (no stand-in involved)
     other = tmp_path / "other.hdf5"
@@ -196,7 +196,7 @@ def test_config_mode_simulates_the_standin_converts_and_skips_a_rerun(tmp_path, 
 def test_config_mode_missing_input_without_standin_is_an_error(tmp_path, capsys):
     from data_tools.convert import main
 
-    assert main(["--config", _config(tmp_path, standin=False), "--quiet"]) == 1
+    assert main(["--config", _config(tmp_path, standin=False), "--quiet"]) == 2
     err = capsys.readouterr().err
     missing = tmp_path / "inputs" / "standin_ds2.hdf5"
     assert err.startswith("convert: error: data.inputs: ")

@@ -85,5 +85,5 @@ def test_srun_without_mpi_plugin_is_detected(tmp_path):
     write_random_showers(src, 10, "ds3")
     proc = run_module("data_tools.convert", str(src), "--out", str(tmp_path / "x.zarr"), *ARGS,
                       env={"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0"})
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "srun --mpi=pmi2" in proc.stderr

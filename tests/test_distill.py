@@ -24,7 +24,7 @@ from pipeline.diffusion import sample
 from pipeline.generation.sampler import Sampler, load_sampler
 from pipeline.training.distill_command import stage_config, teacher_of
 
-from test_train import clean_env, run_group, store, train_cmd, write_config  # noqa: F401 - the module's store fixture
+from test_train import clean_env, run_group, train_cmd, write_config
 
 TEACHER_STEPS = 4
 
@@ -34,7 +34,7 @@ def distill_cmd(config: Path, stage: int, *args: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, store):  # noqa: F811 - pytest fixture
+def chain(tmp_path_factory, store):
     """A 20-step teacher (4 DDIM steps) and its distillation config (4 -> 2 -> 1 steps)."""
     import yaml
 
@@ -69,7 +69,7 @@ def samples_gap(student: Sampler, teacher: Sampler, showers: torch.Tensor, energ
     return {"all": (layers + voxels) / n_values, "layers": layers / sl.numel(), "voxels": voxels / sv.numel()}
 
 
-def test_stage_configs_and_errors(tmp_path, store):  # noqa: F811
+def test_stage_configs_and_errors(tmp_path, store):
     import yaml
 
     config = write_config(tmp_path / "cfg.yaml", store, tmp_path / "run")

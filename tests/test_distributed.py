@@ -30,7 +30,7 @@ from test_train import (
     read_done,
     run_group,
     run_train,
-    train_cmd,  # noqa: F401  (store is a fixture)
+    train_cmd,
     write_config,
 )
 
@@ -234,25 +234,31 @@ def test_mpirun_two_ranks_zero1_and_resume_with_other_world_size(tmp_path, store
     assert read_done(tmp_path / "fresh")["step"] == 2
 
 
-@pytest.mark.slow
-def test_srun_style_slurm_variables_two_ranks(tmp_path, store):
-    run = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=4, val_every_steps=2, val_batches=1, grad_accum=2,
-                       checkpoint_every_steps=0, checkpoint_every_minutes=1e-5)  # time-based: every step
+def srun_style_ranks(cmd: list[str], timeout: float = 180, **rank_env: dict[str, str]) -> tuple[list, list[str]]:
+    """Two ranks of ``cmd`` with the SLURM variables srun sets (``rank_env["r1"]``: more variables for rank 1)."""
     job = str(random.randrange(10**6, 10**7))
-    procs = [subprocess.Popen(train_cmd(cfg), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=clean_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
                                             SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID=job, SLURM_NODEID="0",
-                                            OMP_NUM_THREADS="1"))
+                                            OMP_NUM_THREADS="1", **rank_env.get(f"r{r}", {})))
              for r in range(2)]
     try:
-        outputs = [p.communicate(timeout=180)[0] for p in procs]
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return [p.returncode for p in procs], outputs
+
+
+@pytest.mark.slow
+def test_srun_style_slurm_variables_two_ranks(tmp_path, store):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=4, val_every_steps=2, val_batches=1, grad_accum=2,
+                       checkpoint_every_steps=0, checkpoint_every_minutes=1e-5)  # time-based: every step
+    codes, outputs = srun_style_ranks(train_cmd(cfg))
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     done = read_done(run)
     assert (done["launcher"], done["world_size"], done["ranks_agree"]) == ("slurm", 2, True)
     state = json.loads((Path(done["checkpoint"]) / "rank_1.json").read_text())
@@ -260,3 +266,31 @@ def test_srun_style_slurm_variables_two_ranks(tmp_path, store):
     assert state["stream"]["batch"] == 8 and done["samples"] == 4 * 2 * 4  # 2 micro-batches of 2 per rank and step
     saved = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert saved == ["step_00000003", "step_00000004"]  # one per step by time, the newest 2 kept
+
+
+STALE_VIEW = """
+import os
+from pipeline.training import checkpoint  # noqa: E402
+stale = os.environ["CALO_TEST_STALE_LATEST"]
+checkpoint.Checkpointer.latest_tag = lambda self: stale  # this rank's filesystem view lags behind
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_with_a_stale_view_of_the_checkpoints_follows_rank_0(tmp_path, store):
+    """On NFS/Lustre one rank can see an older ``latest`` than rank 0. Which checkpoint to resume and whether
+    a step is already saved lead into collectives, so rank 0 decides and broadcasts: rank 1, which always
+    reads ``latest`` as step 2, still resumes from step 4 with rank 0, and the run neither hangs nor forks."""
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=4, checkpoint_every_steps=2, val_every_steps=0)
+    codes, outputs = srun_style_ranks(train_cmd(cfg))
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STALE_VIEW)
+    codes, outputs = srun_style_ranks(train_cmd(cfg, "--max-steps", "6"), timeout=240,
+                                      r1={"PYTHONPATH": str(hook), "CALO_TEST_STALE_LATEST": "step_00000002"})
+    assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "resumed from step_00000004 at step 4/6" in outputs[0]
+    done = read_done(run)
+    assert done["step"] == 6 and done["world_size"] == 2 and done["ranks_agree"]

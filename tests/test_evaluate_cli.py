@@ -129,7 +129,7 @@ def test_config_mode_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(sample) in err and "re-run the same pipeline.generate command" in err
     zarr.open_group(str(sample), mode="r+").attrs.update({"complete": True})
-    (sample / "manifest.json").write_text("{}")
+    sample.with_name("generated.zarr.manifest.json").write_text("{}")
     assert main(["--config", _config(tmp_path, reference=str(tmp_path / "none.hdf5"), reference_standin=None)]) == 2
     err = capsys.readouterr().err
     assert f"evaluate.reference: {tmp_path / 'none.hdf5'} does not exist (and evaluate.reference_standin" in err

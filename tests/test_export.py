@@ -14,6 +14,7 @@ from data_tools.convert import convert
 from data_tools.export import export, main
 from pipeline.config import StoreLayout
 from pipeline.data.calochallenge_hdf5 import inspect_file
+from pipeline.data.run_layout import sample_blocks_dir, sample_manifest
 from pipeline.data.shower_store import FORMAT_NAME, FORMAT_VERSION, StoreError, create_arrays
 from pipeline.physics.geometry import load_geometry
 from pipeline.tools.cli import COMMANDS
@@ -34,7 +35,7 @@ def converted(tmp_path_factory):
 
 def make_generated(path: Path, n: int = 40, geometry: str = "ds2", layout: StoreLayout = StoreLayout(8, 16),
                    complete: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A store shaped like pipeline.generate's sample: 'generation' attrs, manifest.json and blocks/."""
+    """A store shaped like pipeline.generate's sample: 'generation' attrs, the block markers and manifest beside it."""
     g = load_geometry(geometry)
     attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "geometry": g.to_dict(),
              "units": {"showers": "MeV", "incident_energies": "MeV"}, "split": {"validation_chunks": []},
@@ -44,11 +45,11 @@ def make_generated(path: Path, n: int = 40, geometry: str = "ds2", layout: Store
     s = s.astype(np.float32)
     group["showers"][:] = s
     group["incident_energies"][:] = e
-    (path / "blocks").mkdir()
-    (path / "blocks" / "block_0000000.json").write_text(json.dumps({"rows": [0, n]}))
+    sample_blocks_dir(path).mkdir()
+    (sample_blocks_dir(path) / "block_0000000.json").write_text(json.dumps({"rows": [0, n]}))
     if complete:
         group.attrs.update({"complete": True})
-        (path / "manifest.json").write_text(json.dumps({"n": n}))
+        sample_manifest(path).write_text(json.dumps({"n": n}))
     return e, s.reshape(n, -1)
 
 
@@ -128,7 +129,7 @@ def test_memory_is_bounded_by_a_block(tmp_path):
         group["showers"][a:a + layout.shard_rows] = block.reshape(-1, *g.shape)
     group["incident_energies"][:] = 10 ** rng.uniform(3, 6, n)
     group.attrs.update({"complete": True})
-    (tmp_path / "big.zarr" / "manifest.json").write_text("{}")
+    sample_manifest(tmp_path / "big.zarr").write_text("{}")
     whole = n * g.n_voxels * 4
     tracemalloc.start()
     try:
@@ -151,19 +152,19 @@ def test_generated_sample_exports_and_incomplete_one_says_rerun_generate(tmp_pat
     inspect_file(tmp_path / "g.hdf5", load_geometry("ds2"))
     partial = tmp_path / "partial.zarr"
     make_generated(partial, n=40, complete=False)
-    assert main([str(partial), "--out", str(tmp_path / "p.hdf5"), "--quiet"]) == 1
+    assert main([str(partial), "--out", str(tmp_path / "p.hdf5"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("export: error: ") and str(partial) in err
     assert "re-run the same pipeline.generate command" in err and "data_tools.convert" not in err
     assert not (tmp_path / "p.hdf5").exists() and not (tmp_path / "p.hdf5.partial").exists()
     # marked complete but killed before its manifest (pipeline.generate's last write): still unfinished
     zarr.open_group(str(partial), mode="r+").attrs.update({"complete": True})
-    assert main([str(partial), "--out", str(tmp_path / "p.hdf5"), "--quiet"]) == 1
+    assert main([str(partial), "--out", str(tmp_path / "p.hdf5"), "--quiet"]) == 2
     assert "re-run the same pipeline.generate command" in capsys.readouterr().err
 
 
 def _error(capsys, argv: list[str]) -> str:
-    assert main([*argv, "--quiet"]) == 1
+    assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("export: error: ") and "Traceback" not in err
     return err
@@ -280,6 +281,6 @@ def test_cli_subprocess_and_command_table(converted, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "wrote" in ok.stdout and read_h5(tmp_path / "o.hdf5")[1].shape == (5, 40500)
     bad = run_module("data_tools.export", str(tmp_path / "x.zarr"), "--out", str(tmp_path / "p.hdf5"))
-    assert bad.returncode == 1 and "export: error:" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "export: error:" in bad.stderr and "Traceback" not in bad.stderr
     usage = run_module("data_tools.export", str(converted[0]))
     assert usage.returncode == 2 and "give SAMPLE and --out, or --config" in usage.stderr

@@ -20,8 +20,7 @@ import yaml
 from pipeline.config import load_config, save_resolved
 from pipeline.config.loader import ConfigError
 from pipeline.data import run_layout
-from pipeline.data.run_layout import write_done
-from pipeline.data.sample_store import MANIFEST_FILE
+from pipeline.data.run_layout import sample_blocks_dir, sample_manifest, write_done
 from pipeline.data.shower_store import ShowerStore, StoreError
 from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed
 from pipeline.generation.command import run
@@ -33,14 +32,14 @@ from pipeline.training.ema import EMA, export_ema
 from pipeline.training.pairs import DiffusionPair
 
 from conftest import REPO, assert_same_generated_showers, randomize_zero_init
-from test_train import clean_env, store, write_config  # noqa: F401 - the module's store fixture
+from test_train import clean_env, write_config
 
 N = 150  # 3 blocks of 64 (the last one partial), shards of 32
 THRESHOLD = load_geometry("ds2").threshold_mev
 
 
 @pytest.fixture(scope="module")
-def model_config(tmp_path_factory, store) -> Path:  # noqa: F811
+def model_config(tmp_path_factory, store) -> Path:
     """A config whose teacher run directory holds random tiny ds2 weights, 2 DDIM steps."""
     d = tmp_path_factory.mktemp("generate")
     config = write_config(d / "cfg.yaml", store, d / "run")
@@ -101,11 +100,12 @@ def test_sample_is_complete_with_a_manifest(model_config, reference_sample):
     assert showers.shape == (N, 45, 16, 9) and energies.shape == (N,)
     np.testing.assert_array_equal(energies, IncidentEnergies(3, cfg.generate.energy_range, None)(0, N))
     assert (showers >= 0).all() and (showers.sum(axis=(1, 2, 3)) > 0).all()
-    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest = json.loads(sample_manifest(path).read_text())
     assert manifest["n"] == N and manifest["seed"] == 3 and manifest["n_blocks"] == 3
     assert manifest["sample_steps"] == 2 and manifest["stage"] == 0 and manifest["model"]["preset"] == "tiny"
     assert manifest["timing"]["rank_seconds"] > 0 and manifest["config"]["generate"]["n"] == N
-    assert sorted(p.name for p in (path / "blocks").iterdir()) == [f"block_{b:07d}.json" for b in range(3)]
+    assert sorted(p.name for p in sample_blocks_dir(path).iterdir()) == [f"block_{b:07d}.json" for b in range(3)]
+    assert sorted(p.name for p in path.iterdir()) == ["incident_energies", "showers", "zarr.json"]  # only zarr's
     assert run(cfg, rank=0, world_size=1) == 0  # already complete: nothing to do
 
 
@@ -128,7 +128,7 @@ def test_batch_size_and_ranks_do_not_change_the_sample(tmp_path, model_config, r
     c_showers, c_energies = read_sample(out)
     np.testing.assert_array_equal(c_energies, energies)
     assert_same_generated_showers(c_showers, showers, THRESHOLD)
-    ranks = {json.loads(p.read_text())["rank"] for p in (out / "blocks").iterdir()}
+    ranks = {json.loads(p.read_text())["rank"] for p in sample_blocks_dir(out).glob("block_*.json")}
     assert ranks == {0, 1}
 
 
@@ -139,13 +139,13 @@ def test_stopped_or_killed_run_resumes_to_the_same_sample(tmp_path, model_config
     cmd = gen_cmd(model_config, "--out", str(out), "--set", "generate.batch_size=16")
     proc = subprocess.Popen(cmd, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (out / "blocks" / "block_0000000.json").exists():
+    while not (sample_blocks_dir(out) / "block_0000000.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.05)
     os.kill(proc.pid, getattr(signal, how))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == (75 if how == "SIGUSR1" else -9), err
-    assert not (out / MANIFEST_FILE).exists()
+    assert not sample_manifest(out).exists()
     first_block = ShowerStore(out, require_complete=False).showers[:64]
     if how == "SIGUSR1":
         assert "re-run the same command" in err
@@ -156,8 +156,51 @@ def test_stopped_or_killed_run_resumes_to_the_same_sample(tmp_path, model_config
     np.testing.assert_array_equal(showers[:64], first_block)  # the finished block was kept, not redone
     np.testing.assert_array_equal(energies, reference_sample[1])
     assert_same_generated_showers(showers, reference_sample[0], THRESHOLD)  # other thread count
-    assert json.loads((out / MANIFEST_FILE).read_text())["n"] == N
+    assert json.loads(sample_manifest(out).read_text())["n"] == N
     assert not list(out.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_finished_blocks_and_a_rerun_completes(model_config, reference_sample, small_fs):
+    """A real full disk (a 600 KB tmpfs holds the first block of ~460 KB, not the second): a clear error
+    (exit 74), the first block and its marker intact, no manifest; with room, the same command finishes."""
+    disk = small_fs.mount("disk", "600k")
+    out = disk / "d.zarr"
+    cmd = gen_cmd(model_config, "--out", str(out), "--set", "generate.batch_size=16")
+    full = subprocess.run(cmd, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert full.returncode == 74, full.stderr[-3000:]
+    assert "No space left on device" in full.stderr and "finished blocks are kept" in full.stderr
+    assert "Traceback" not in full.stderr
+    assert [p.name for p in sorted(sample_blocks_dir(out).glob("block_*"))] == ["block_0000000.json"]
+    first_block = ShowerStore(out, require_complete=False).showers[:64]
+    assert not sample_manifest(out).exists()
+    small_fs.resize(disk, "16m")
+    again = subprocess.run(cmd, cwd=REPO, env=clean_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    showers, energies = read_sample(out)
+    np.testing.assert_array_equal(showers[:64], first_block)
+    np.testing.assert_array_equal(energies, reference_sample[1])
+    assert_same_generated_showers(showers, reference_sample[0], THRESHOLD)
+    assert not list(out.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_a_stop_signal_during_start_up_is_not_fatal(tmp_path, model_config):
+    """SIGUSR1 while the command still imports torch and loads the model: the handler is installed on its first
+    line, so the stage stops cleanly (exit 75, requeue marker for slurm/env.sh) instead of dying of the signal."""
+    marker = tmp_path / "requeue"
+    proc = subprocess.Popen(gen_cmd(model_config, "--out", str(tmp_path / "e.zarr")), cwd=REPO, text=True,
+                            env=clean_env(OMP_NUM_THREADS="1", CALO_REQUEUE_MARKER=str(marker)),
+                            stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert "stopped by SIGUSR1" in err and "SIGUSR1" in marker.read_text()
+    assert not sample_manifest(tmp_path / "e.zarr").exists()
+    assert json.loads((sample_blocks_dir(tmp_path / "e.zarr") / "REQUEUE").read_text())["reason"] == "signal SIGUSR1"
 
 
 def test_a_different_plan_is_refused(tmp_path, model_config, reference_sample):
@@ -166,7 +209,7 @@ def test_a_different_plan_is_refused(tmp_path, model_config, reference_sample):
         run(cfg, rank=0, world_size=1)
 
 
-def test_energies_from_a_reference_sample(tmp_path, model_config, store):  # noqa: F811
+def test_energies_from_a_reference_sample(tmp_path, model_config, store):
     cfg = load_config(model_config, [f"generate.out={tmp_path / 'e.zarr'}", "generate.n=0",
                                      f"generate.energies_from={store}"])
     assert run(cfg, rank=0, world_size=1) == 0
@@ -178,7 +221,7 @@ def test_energies_from_a_reference_sample(tmp_path, model_config, store):  # noq
         run(too_many, rank=0, world_size=1)
 
 
-def test_model_carries_its_preprocessing_statistics(tmp_path, model_config, store):  # noqa: F811
+def test_model_carries_its_preprocessing_statistics(tmp_path, model_config, store):
     """An EMA export with the statistics in its metadata (as training writes it) needs no training store."""
     cfg = load_config(model_config)
     run_dir = tmp_path / "moved"

@@ -32,7 +32,7 @@ def test_inspect_reports_incomplete_store(tmp_path, small_ds3):
 
 def test_inspect_errors(tmp_path):
     proc = run_module("data_tools.inspect", str(tmp_path / "nothing"))
-    assert proc.returncode == 1 and "neither an HDF5 file nor a zarr store" in proc.stderr
+    assert proc.returncode == 2 and "neither an HDF5 file nor a zarr store" in proc.stderr
 
 
 def test_console_script_dispatch(capsys, tmp_path, small_ds3):

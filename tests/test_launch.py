@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -102,7 +103,7 @@ def test_chain_markers_and_commands(cfg, tmp_path):
     by = {s.name: s for s in stages}
     assert by["train"].marker == tmp_path / "run" / "DONE.json"
     assert by["distill:2"].marker == tmp_path / "run" / "distill" / "stage_2" / "DONE.json"
-    assert by["generate"].marker == tmp_path / "run" / "samples" / "generated.zarr" / "manifest.json"
+    assert by["generate"].marker == tmp_path / "run" / "samples" / "generated.zarr.manifest.json"
     assert by["export"].marker == tmp_path / "run" / "samples" / "generated.hdf5"
     assert by["evaluate"].marker == tmp_path / "run" / "evaluation" / "report.json"
     assert by["distill:2"].command("C.yaml") == ["python", "-m", "pipeline.distill", "--config", "C.yaml",
@@ -243,9 +244,10 @@ def test_slurm_parameters_and_sbatch_script(cfg, tmp_path):
     assert "USR2" not in script
     convert = executor_parameters(cfg, chain(cfg)[0], "slurm", after=None)
     assert "dependency" not in convert["additional_parameters"] and "gpus_per_node" not in convert
-    assert "srun_args" not in convert
+    assert convert["srun_args"] == ["--kill-on-bad-exit=1"]  # a dead task ends the step at once
     cfg.launch.convert.tasks_per_node = 4
-    assert executor_parameters(cfg, chain(cfg)[0], "slurm", None)["srun_args"] == ["--mpi=pmi2"]
+    assert executor_parameters(cfg, chain(cfg)[0], "slurm", None)["srun_args"] == ["--kill-on-bad-exit=1",
+                                                                                   "--mpi=pmi2"]
     local = executor_parameters(cfg, chain(cfg)[0], "local", None)
     assert local["tasks_per_node"] == 1 and local["timeout_min"] == 10 and local["signal_delay_s"] == 30
 
@@ -430,6 +432,27 @@ def test_stage_job_stopped_outside_a_submitit_job_fails_instead_of_signalling_it
     (tmp_path / "exit75_train").touch()
     with pytest.raises(StageFailed, match=r"stopped \(exit 75\) outside a submitit job"):
         fake_job(tmp_path)()
+
+
+def test_stage_job_sigterm_stops_the_stage_without_requeue(tmp_path, monkeypatch):
+    """SIGTERM (scancel, the time limit itself, preemption) means what it means under slurm/env.sh: the stage
+    stops and the job fails rather than requeueing; a relaunch resumes."""
+    import threading
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    (tmp_path / "stop_train").touch()  # the fake stage waits (and dies of the forwarded SIGTERM)
+
+    def terminate_when_waiting() -> None:
+        deadline = time.time() + 30
+        while not (tmp_path / "waiting_train").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=terminate_when_waiting, daemon=True).start()
+    with pytest.raises(StageFailed, match="stopped by SIGTERM .*not requeued; launch again to resume"):
+        fake_job(tmp_path)()
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
 
 
 def test_stage_job_checkpoint_forwards_sigusr1_and_resubmits_a_fresh_copy(tmp_path, monkeypatch):

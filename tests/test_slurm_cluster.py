@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -202,6 +203,49 @@ def test_requeue_on_sigusr1_resumes_bit_identically(standin, tmp_path, jobs):
     assert done["ema_sha256"] == ref["ema_sha256"]
 
 
+def task_pid(job_id: str, rank: int, module: str) -> int | None:
+    """PID of the ``python -m <module>`` process of task ``rank`` of a job on this node (read from /proc)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text(errors="replace").split("\0") if "=" in kv)
+        except (OSError, ValueError):
+            continue
+        if module.encode() in cmdline and env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == str(rank):
+            return int(proc.name)
+    return None
+
+
+def test_a_killed_rank_ends_the_job_at_once_and_a_rerun_resumes(standin, tmp_path, jobs):
+    """kill -9 one of two training ranks: srun --kill-on-bad-exit ends the step at once (the surviving rank
+    would otherwise wait out the 10-minute collective timeout set here); the same command resumes."""
+    extra = ("train.max_steps=12", "train.checkpoint_every_steps=2", "train.val_every_steps=0",
+             "train.collective_timeout_minutes=10")
+    env = smoke_env(standin, tmp_path / "run", *extra)
+    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-kill", env=env)
+    jobs.append(job)
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 600
+    while not (latest.exists() and latest.read_text().strip() >= "step_00000002"):
+        assert time.monotonic() < deadline and job.state() not in FINAL_STATES, job.describe()
+        time.sleep(0.5)
+    pid = task_pid(job.id, 1, "pipeline.train")
+    assert pid is not None, job.describe()
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    state = job.wait(timeout=300, expect=None)
+    assert time.monotonic() - killed_at < 120, f"the job took {time.monotonic() - killed_at:.0f} s to end"
+    assert state == "FAILED" and not (tmp_path / "run" / "DONE.json").exists(), job.describe()
+    saved = latest.read_text().strip()
+
+    again = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-kill-rerun",
+                      env=env)
+    jobs.append(again)
+    again.wait(timeout=600)
+    assert f"resumed from {saved}" in again.text(), again.describe()
+    assert json.loads((tmp_path / "run" / "DONE.json").read_text())["step"] == 12
+
+
 STUB = """
 import os, pathlib, signal, sys, time
 got = []
@@ -248,6 +292,42 @@ run_requeueable "${{SRUN[@]}}" "$PYTHON" {tmp_path}/stub.py {tmp_path}/ready.$SL
         assert "batch shell received SIGTERM" in job.text() and "job requeued" not in job.text()
 
 
+ONE_TASK_ENDS = """
+import os, sys, time
+from pipeline.runtime.signals import run_main, write_requeue_marker
+rank, restart, how = int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_RESTART_COUNT", "0")), sys.argv[1]
+print(f"stub rank {rank}: restart count {restart}", flush=True)
+if restart or rank == 0:
+    time.sleep(0 if restart else 600)  # rank 0 would sit in a collective; srun must end it
+    sys.exit(0)
+run_main(lambda: 75 if how == "stop" else 3)  # rank 1: stops resumably (writes the marker) or crashes
+"""
+
+
+@pytest.mark.parametrize("how, final, requeued", [("crash", "FAILED", False), ("stop", "COMPLETED", True)])
+def test_one_task_ending_ends_the_step_and_the_marker_decides_the_requeue(tmp_path, jobs, how, final, requeued):
+    """srun --kill-on-bad-exit (slurm/env.sh) ends the step as soon as one task exits non-zero, instead of
+    leaving the others until the collective timeout; srun's exit code then reflects the killed task (137), so
+    a stop is recognised by the requeue marker the stopping task wrote."""
+    (tmp_path / "stub.py").write_text(ONE_TASK_ENDS)
+    script = tmp_path / "job.sh"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --ntasks=2 --cpus-per-task=1 --time=15 --requeue --open-mode=append
+export CALO_REPO={REPO}
+source "$CALO_REPO/slurm/env.sh"
+run_requeueable "${{SRUN[@]}}" "$PYTHON" {tmp_path}/stub.py {how}
+""")
+    started = time.monotonic()
+    job = slurm_job(script, cwd=tmp_path, name=f"calo-test-{how}")
+    jobs.append(job)
+    job.wait(timeout=300, expect=final)
+    assert time.monotonic() - started < 200, job.describe()  # not the 600 s rank 0 sleeps
+    assert ("REQUEUED" in job.history()) == requeued, job.describe()
+    if requeued:
+        assert "a task stopped resumably" in job.text() and "restart count 1" in job.text(), job.describe()
+    assert not list((REPO / ".slurm-state").glob(f"requeue.{job.id}")), "the marker is consumed"
+
+
 def test_generate_array_then_export(smoke_run, standin, jobs):
     """generate.sh as a 2-element job array (each element one rank), then export.sh after it (afterok)."""
     train, run_dir = smoke_run
@@ -271,7 +351,7 @@ def test_generate_array_then_export(smoke_run, standin, jobs):
     logs = "".join(p.read_text() for p in cwd.glob("calo-test-generate-*.out"))
     assert "--rank 0 --world-size 2" in logs and "--rank 1 --world-size 2" in logs, logs
     sample = run_dir / "samples" / "generated.zarr"
-    assert (sample / "manifest.json").is_file(), logs
+    assert (sample.parent / "generated.zarr.manifest.json").is_file(), logs
     assert (run_dir / "samples" / "generated.hdf5").is_file(), export.describe()
 
 

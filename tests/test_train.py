@@ -49,19 +49,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """320 stand-in ds2 showers in chunks of 16: 16 training and 4 validation chunks."""
-    from data_tools.convert import convert
-    from data_tools.simulate import simulate_file
-    from pipeline.config import StoreLayout
-
-    d = tmp_path_factory.mktemp("train_store")
-    simulate_file(d / "standin.hdf5", "ds2", 320, seed=1, workers=1)
-    return convert([d / "standin.hdf5"], d / "store.zarr", "ds2", layout=StoreLayout(16, 64),
-                   validation_fraction=0.2, progress=False)
-
-
 def write_config(path: Path, store: Path, run_dir: Path, **train) -> Path:
     """A tiny training config for ``store``; ``train`` overrides the train section."""
     cfg = {

@@ -149,6 +149,7 @@ class TrainConfig:
     val_batches: int = 16  # per rank, per validation
     log_every_steps: int = 50  # CSV / TensorBoard rows (averaged over the interval)
     init_from: Optional[str] = None  # checkpoint tag directory to take weights and EMA from (fresh optimiser)
+    collective_timeout_minutes: float = 5.0  # a rank stuck this long in a collective ends the run (a dead peer)
 
     def check(self, path: str) -> None:
         for name in ("max_steps", "grad_accum", "keep_checkpoints", "val_batches", "log_every_steps"):
@@ -160,6 +161,8 @@ class TrainConfig:
                 raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"{path}.lr: must be > 0, got {self.lr}")
+        if not self.collective_timeout_minutes > 0:
+            raise ConfigError(f"{path}.collective_timeout_minutes: must be > 0, got {self.collective_timeout_minutes}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"{path}.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -2,7 +2,7 @@
 
     <run.dir>/                     training run (config.yaml, checkpoints/, ema/, logs/, DONE.json)
     <run.dir>/distill/stage_K/     distillation stage K (same layout, DONE.json names its steps)
-    <run.dir>/samples/generated.zarr   generated sample (manifest.json written last)
+    <run.dir>/samples/generated.zarr   generated sample (+ .blocks/ markers, .manifest.json written last)
     <run.dir>/samples/generated.hdf5   its CaloChallenge HDF5 export
     <run.dir>/evaluation/          report and plots (report.json written last)
     <run.dir>/launch/              pipeline.launch: jobs.json, config.yaml, logs/
@@ -24,7 +24,6 @@ from pipeline.runtime.files import atomic_write_json, utc_now
 
 DONE_FILE = "DONE.json"  # training run or distillation stage finished
 REQUEUE_FILE = "REQUEUE"  # stopped early with a checkpoint: re-run to continue
-MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
 
 
@@ -67,6 +66,18 @@ def model_dir(cfg: Config, model: str | None = None) -> Path:
 
 def sample_path(cfg: Config) -> Path:
     return Path(cfg.generate.out) if cfg.generate.out else train_dir(cfg) / "samples" / "generated.zarr"
+
+
+def sample_manifest(sample: str | Path) -> Path:
+    """``SAMPLE.manifest.json`` beside a generated sample: written last, it marks the sample complete."""
+    sample = Path(sample)
+    return sample.with_name(sample.name + ".manifest.json")
+
+
+def sample_blocks_dir(sample: str | Path) -> Path:
+    """``SAMPLE.blocks/`` beside a generated sample: a marker per finished block (outside the zarr hierarchy)."""
+    sample = Path(sample)
+    return sample.with_name(sample.name + ".blocks")
 
 
 def export_path(cfg: Config) -> Path:

@@ -1,15 +1,21 @@
 """The generated sample on disk: a shower store written block by block by any number of ranks.
 
-    SAMPLE.zarr/
-      showers, incident_energies   the project's store format (pipeline.data.shower_store), attrs["generation"] = plan
-      blocks/block_NNNNNNN.json    one marker per finished block (rows, seconds, rank, host, device)
-      manifest.json                written last, after every block was checked: the sample is complete
+    SAMPLE.zarr/                   the project's store format (pipeline.data.shower_store): showers,
+                                   incident_energies, attrs["generation"] = plan; nothing else, so zarr
+                                   opens it without warnings
+    SAMPLE.zarr.blocks/            beside it: block_NNNNNNN.json, one marker per finished block (rows,
+                                   seconds, rank, host, device); finalize.lock; REQUEUE after a stop
+    SAMPLE.zarr.manifest.json      written last, after every block was checked: the sample is complete
 
 A block is ``block_size`` consecutive shower indices (a whole number of shards), so ranks never write
 into the same shard file. Rank ``r`` of ``W`` owns the blocks ``b`` with ``b % W == r``; a re-run skips
 blocks with a marker, so after any interruption the finished sample holds each index exactly once.
 The plan (N, seed, model, steps, energies, layout) is fixed when the store is created; opening it with
-a different plan is an error rather than a silent mix of two samples.
+a different plan is an error rather than a silent mix of two samples. Exactly one process finalises:
+whichever rank or array job takes ``finalize.lock`` (:mod:`pipeline.runtime.lock_file`); it removes only
+temporaries older than its lock (left by writers killed mid-write), never another process's work.
+Samples written before the markers moved out (``blocks/`` and ``manifest.json`` inside the store) are
+migrated when opened.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,20 +31,21 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import StoreLayout
-from pipeline.data.run_layout import MANIFEST_FILE
+from pipeline.data.run_layout import REQUEUE_FILE, sample_blocks_dir, sample_manifest
 from pipeline.data.shower_store import FORMAT_NAME, FORMAT_VERSION, ShowerStore, StoreError, create_arrays, read_attrs
 from pipeline.physics.geometry import Geometry
 from pipeline.runtime.files import atomic_write_json, utc_now
+from pipeline.runtime.lock_file import LockFile
 
-BLOCKS_DIR = "blocks"
+LEGACY_BLOCKS, LEGACY_MANIFEST = "blocks", "manifest.json"  # inside the store, before they moved beside it
 
 
 def check_generation_complete(path: str | Path) -> None:
     """Refuse a generated sample (attrs hold ``generation``) that pipeline.generate has not finished:
-    it marks the store complete, then writes ``manifest.json`` last. Other stores and files pass."""
+    it marks the store complete, then writes the manifest last. Other stores and files pass."""
     attrs = read_attrs(path)
     if attrs is not None and "generation" in attrs and (
-            attrs.get("complete") is not True or not (Path(path) / MANIFEST_FILE).is_file()):
+            attrs.get("complete") is not True or not sample_manifest(path).is_file()):
         raise StoreError(f"{path}: generated sample is incomplete (generation interrupted or still running); "
                          "re-run the same pipeline.generate command to finish it")
 
@@ -51,13 +59,25 @@ class SampleStore:
 
     def __init__(self, path: str | Path, plan: dict[str, Any], geometry: Geometry, layout: StoreLayout) -> None:
         self.path, self.plan = Path(path), plan
+        self.blocks_dir, self.manifest_path = sample_blocks_dir(self.path), sample_manifest(self.path)
         self.n, self.block_size = int(plan["n"]), int(plan["block_size"])
         self.n_blocks = -(-self.n // self.block_size)
         if not self.path.exists():
             self._create(geometry, layout)
         self._check_plan()
+        self._migrate()
+        self.blocks_dir.mkdir(exist_ok=True)
         self.store = ShowerStore(self.path, require_complete=False, writable=True)
-        (self.path / BLOCKS_DIR).mkdir(exist_ok=True)
+
+    def _migrate(self) -> None:
+        """Move markers and manifest of an older sample out of the store (any rank; the first rename wins)."""
+        for inside, beside in ((self.path / LEGACY_BLOCKS, self.blocks_dir),
+                               (self.path / LEGACY_MANIFEST, self.manifest_path)):
+            if inside.exists() and not beside.exists():
+                try:
+                    os.rename(inside, beside)
+                except FileNotFoundError:
+                    pass
 
     def _create(self, geometry: Geometry, layout: StoreLayout) -> None:
         """Create the empty store in a private directory and rename it into place (first rank wins)."""
@@ -70,7 +90,6 @@ class SampleStore:
                             "level": layout.level},
                  "split": {"validation_chunks": []}, "generation": self.plan, "created": utc_now()}
         create_arrays(tmp, geometry, self.n, layout, attrs)
-        (tmp / BLOCKS_DIR).mkdir()
         try:
             os.rename(tmp, self.path)
         except OSError:  # another rank created it first
@@ -92,7 +111,7 @@ class SampleStore:
 
     # ---------------------------------------------------------------- blocks
     def marker(self, block: int) -> Path:
-        return self.path / BLOCKS_DIR / f"block_{block:07d}.json"
+        return self.blocks_dir / f"block_{block:07d}.json"
 
     def is_done(self, block: int) -> bool:
         return self.marker(block).is_file()
@@ -117,12 +136,26 @@ class SampleStore:
     def missing(self) -> list[int]:
         return [b for b in range(self.n_blocks) if not self.is_done(b)]
 
+    def mark_stopped(self, reason: str, rank: int) -> None:
+        """Leave ``REQUEUE`` beside the store: this rank stopped early and a re-run resumes (pipeline.launch status)."""
+        atomic_write_json(self.blocks_dir / REQUEUE_FILE, {"reason": reason, "rank": rank, "time": utc_now()})
+
     # -------------------------------------------------------------- finalize
     def complete(self) -> bool:
-        return (self.path / MANIFEST_FILE).is_file()
+        return self.manifest_path.is_file()
 
-    def finalize(self, extra: dict[str, Any]) -> dict[str, Any]:
-        """Check every block, mark the store complete and write the manifest (last). Raises if not done."""
+    def finalize(self, extra: dict[str, Any]) -> dict[str, Any] | None:
+        """Check every block, mark the store complete and write the manifest (last); raises if blocks are
+        missing. Only the process that takes ``finalize.lock`` does it: the others get None."""
+        with LockFile(self.blocks_dir / "finalize.lock") as ours:
+            if not ours:
+                return None
+            if self.complete():  # finished by the previous holder
+                return json.loads(self.manifest_path.read_text())
+            return self._finalize(extra)
+
+    def _finalize(self, extra: dict[str, Any]) -> dict[str, Any]:
+        started_finalising = time.time()
         missing = self.missing()
         if missing:
             raise StoreError(f"{self.path}: {len(missing)} of {self.n_blocks} blocks are not finished (first: "
@@ -136,8 +169,12 @@ class SampleStore:
         if unwritten.size:
             raise StoreError(f"{self.path}: incident energies of showers {unwritten[:5].tolist()}... were never written "
                              f"although their blocks are marked done; remove their markers and re-run")
-        for partial in self.path.rglob("*.partial"):  # temp files of writers killed mid-write
-            partial.unlink(missing_ok=True)
+        for partial in self.path.rglob("*.partial"):  # temporaries of writers killed mid-write, never ours
+            try:
+                if partial.stat().st_mtime < started_finalising:
+                    partial.unlink()
+            except FileNotFoundError:
+                pass
         seconds = sum(m["seconds"] for m in markers)
         started, finished = min(m["started_at"] for m in markers), max(m["finished_at"] for m in markers)
         manifest = {"format": "calo-generated-sample", "format_version": 1, "path": str(self.path.resolve()),
@@ -150,5 +187,6 @@ class SampleStore:
                     **extra, "written_at": utc_now()}
         self.store.group.attrs.update({"complete": True, "energy_range_mev": [float(energies.min()),
                                                                              float(energies.max())]})
-        atomic_write_json(self.path / MANIFEST_FILE, manifest)
+        atomic_write_json(self.manifest_path, manifest)
+        (self.blocks_dir / REQUEUE_FILE).unlink(missing_ok=True)
         return manifest

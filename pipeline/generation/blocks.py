@@ -16,6 +16,7 @@ from pipeline.diffusion import shower_seed
 from pipeline.generation.energies import IncidentEnergies
 from pipeline.generation.sampler import Sampler
 from pipeline.runtime.files import utc_now
+from pipeline.runtime.gpu_claim import claim_cuda_device
 from pipeline.runtime.precision import autocast
 from pipeline.runtime.signals import StopSignals
 
@@ -23,9 +24,10 @@ CPU_BATCH = 64
 
 
 def pick_device(local_rank: int) -> torch.device:
-    """This local rank's GPU (round robin over the node's GPUs), or the CPU."""
+    """This local rank's GPU, or the CPU."""
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        claim_cuda_device(torch.cuda.current_device())  # more ranks than GPUs on a node is an error
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -34,7 +34,7 @@ from pipeline.generation.blocks import auto_batch_size, generate_blocks, pick_de
 from pipeline.generation.energies import IncidentEnergies
 from pipeline.generation.sampler import Sampler, load_sampler
 from pipeline.runtime.distributed import DistributedError, discover
-from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_DONE, EXIT_REQUEUE
+from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_DONE, EXIT_REQUEUE, EXIT_STORAGE
 from pipeline.runtime.precision import resolve_precision
 from pipeline.runtime.signals import StopSignals
 
@@ -73,7 +73,7 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
     path = run_layout.sample_path(cfg)
     sample = SampleStore(path, sample_plan(cfg, sampler, energies, n), sampler.geometry, g.layout)
     if sample.complete():
-        print(f"generate: {path} is already complete ({n} showers; {path / 'manifest.json'})", file=sys.stderr)
+        print(f"generate: {path} is already complete ({n} showers; {sample.manifest_path})", file=sys.stderr)
         return EXIT_DONE
     if not finalize_only:
         precision = resolve_precision(g.precision, device)
@@ -89,6 +89,7 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
                                        device=device, rank=rank, signals=signals, pad=g.compile,
                                        progress=rank == 0 and sys.stderr.isatty())
         if not finished:
+            sample.mark_stopped(f"signal {signals.received}", rank)
             print(f"generate: rank {rank} stopped by {signals.received}; re-run the same command to resume",
                   file=sys.stderr)
             return EXIT_REQUEUE
@@ -99,6 +100,9 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
               file=sys.stderr)
         return EXIT_DONE
     manifest = sample.finalize({"model": sampler.info, "config": to_dict(cfg), "config_source": config_path})
+    if manifest is None:
+        print(f"generate: rank {rank} done; another process is finalising {path}", file=sys.stderr)
+        return EXIT_DONE
     print(f"generate: complete, {n} showers in {path} ({manifest['timing']['ms_per_shower_per_rank']:.2f} ms per "
           f"shower per rank)", file=sys.stderr)
     return EXIT_DONE
@@ -128,3 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StoreError, DistributedError, ValueError) as err:
         print(f"generate: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as err:  # disk full, I/O error: the block being written has no marker, so it is redone
+        print(f"generate: error: writing {err.filename or 'the sample'} failed: {err.strerror or err}; finished blocks "
+              f"are kept and a re-run writes the rest once this is fixed", file=sys.stderr)
+        return EXIT_STORAGE

@@ -47,8 +47,10 @@ def executor_parameters(cfg: Config, stage: Stage, executor: str, after: Optiona
     for key in ("partition", "account", "qos"):
         if getattr(launch, key):
             params[key] = getattr(launch, key)
+    # a task that exits non-zero ends the step at once instead of leaving the others in a collective
+    params["srun_args"] = ["--kill-on-bad-exit=1"]
     if stage.kind == "convert" and res.tasks > 1:
-        params["srun_args"] = [f"--mpi={launch.mpi}"]
+        params["srun_args"].append(f"--mpi={launch.mpi}")
     return params
 
 

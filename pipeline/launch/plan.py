@@ -66,7 +66,7 @@ def chain(cfg: Config) -> list[Stage]:
         d = run_layout.distill_dir(cfg, k)
         out.append(Stage(f"distill:{k}", "distill", d / run_layout.DONE_FILE, d, ("--stage", str(k))))
     sample = run_layout.sample_path(cfg)
-    out += [Stage("generate", "generate", sample / run_layout.MANIFEST_FILE, sample),
+    out += [Stage("generate", "generate", run_layout.sample_manifest(sample), run_layout.sample_blocks_dir(sample)),
             Stage("export", "export", run_layout.export_path(cfg), None),
             Stage("evaluate", "evaluate", run_layout.evaluation_dir(cfg) / run_layout.REPORT_FILE,
                   run_layout.evaluation_dir(cfg))]

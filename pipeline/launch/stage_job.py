@@ -8,9 +8,11 @@ submitit then requeues the job (``scontrol requeue``: same job id, so ``afterok`
 The other ranks stop with rank 0 (the stages agree on stopping at the next step).
 
 Exit codes of the stage process: 0 done; 75 (or killed by SIGUSR1/SIGTERM) stopped with a checkpoint, and
-without a signal from submitit (a stage's own time limit, SIGTERM on preemption) the job requeues itself by
-raising submitit's signal in-process; anything else fails the job (``StageFailed``) so that ``afterok``
-dependents never start. Every stage resumes from disk, so the requeued job simply runs the same command.
+without a signal from submitit (a stage's own time limit) the job requeues itself by raising submitit's
+signal in-process; anything else fails the job (``StageFailed``) so that ``afterok`` dependents never start.
+SIGTERM (scancel, the time limit itself, preemption) means what it means under ``slurm/env.sh``: the stage
+saves and stops, and the job is not requeued (it fails; launch again to resume). Every stage resumes from
+disk, so a requeued or relaunched job simply runs the same command.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Optional
 
@@ -46,12 +49,23 @@ class StageJob(submitit.helpers.Checkpointable):
         self.stage, self.argv, self.cwd = stage, list(argv), cwd
         self.max_requeues, self.requeues, self.poll_seconds = max_requeues, requeues, poll_seconds
         self._proc: Optional[subprocess.Popen] = None
+        self._terminated = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_terminated")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _proc=None)
+        self.__dict__.update(state, _proc=None, _terminated=False)
+
+    def _on_sigterm(self, previous: Any) -> Any:
+        """A SIGTERM handler that remembers the signal, passes it to the stage and then to ``previous``."""
+        def handler(signum: int, frame: Any) -> None:
+            self._terminated = True
+            if self._proc is not None and self._proc.returncode is None:
+                self._proc.send_signal(signal.SIGTERM)
+            if callable(previous):
+                previous(signum, frame)
+        return handler
 
     # ------------------------------------------------------------------ run
     def __call__(self) -> dict[str, Any]:
@@ -59,15 +73,23 @@ class StageJob(submitit.helpers.Checkpointable):
         print(f"launch: {self.stage}: {' '.join(self.argv)} (requeue {self.requeues})", file=sys.stderr, flush=True)
         self._proc = subprocess.Popen(self.argv, cwd=self.cwd, pass_fds=fds,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        previous = None
+        if threading.current_thread() is threading.main_thread():  # where submitit runs it (handlers live there)
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm(signal.getsignal(signal.SIGTERM)))
         try:
             while self._proc.poll() is None:  # no blocking wait(): submitit's signal handler must not deadlock
                 time.sleep(self.poll_seconds)
         finally:
             if self._proc.poll() is None:  # leaving on an exception: stop the stage with a checkpoint
                 self._proc.send_signal(signal.SIGTERM)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         code = self._proc.returncode
         if code == 0:
             return {"stage": self.stage, "returncode": 0, "requeues": self.requeues}
+        if stopped(code) and self._terminated:
+            raise StageFailed(f"stage {self.stage}: stopped by SIGTERM (scancel, time limit or preemption; exit "
+                              f"{code}): not requeued; launch again to resume")
         if stopped(code):
             return self._requeue_self(code)
         raise StageFailed(f"stage {self.stage}: `{' '.join(self.argv)}` exited with {code}")

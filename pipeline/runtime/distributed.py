@@ -31,7 +31,7 @@ import subprocess
 import zlib
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Callable, Literal, TypeVar
 
 from pipeline.runtime import mpi
 
@@ -42,6 +42,9 @@ _MPI_VARIABLES = (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_
 _MPI_RANK_VARIABLES = tuple(rank for rank, _ in _MPI_VARIABLES)
 _SLURM_STEP_VARIABLES = ("SLURM_STEP_ID", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_TASKS_PER_NODE")
 Source = Literal["torchrun", "slurm", "submitit", "mpi", "single"]
+
+
+T = TypeVar("T")
 
 
 class DistributedError(RuntimeError):
@@ -290,6 +293,42 @@ def init_distributed(env: DistEnv | None = None, backend: str | None = None,
                                distributed_port=env.master_port, verbose=False, timeout=timeout,
                                rank=env.rank, world_size=env.world_size)
     return env
+
+
+def decided_on_main(decide: Callable[[], T]) -> T:
+    """``decide()`` evaluated on rank 0 only, its result (or exception) given to every rank.
+
+    Any decision that leads into a collective (is there a checkpoint to resume, is this step already
+    saved) must come out the same on every rank. Each rank reading the shared filesystem itself can give
+    different answers (attribute caching on NFS/Lustre), and then one rank waits in a barrier while another
+    waits in an all-gather until the collective timeout. Without a process group it is just ``decide()``.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return decide()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, decide())]
+        except Exception as err:  # every rank raises it below
+            box = [(False, err)]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def gathered(value: T) -> list[T]:
+    """Every rank's ``value`` (in rank order) on every rank; ``[value]`` without a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def barrier() -> None:

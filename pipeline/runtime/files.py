@@ -7,6 +7,7 @@ A reader never sees a half-written file: it sees the previous version or the new
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -43,3 +44,12 @@ def atomic_write_json(path: str | Path, obj: object) -> None:
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second (timestamps in DONE.json, markers, manifests)."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def sha256_file(path: str | Path, block: int = 1 << 24) -> str:
+    """Hex sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            digest.update(data)
+    return digest.hexdigest()

@@ -65,7 +65,7 @@ def summary(cfg: Config) -> list[str]:
         lines.append(f"{what}: {done['sample_steps']} sampling steps, {done['step']} optimiser steps, final loss "
                      f"{done['final_losses'].get('train_loss', float('nan')):.4f} -> {run_layout.distill_dir(cfg, k)}")
     sample = run_layout.sample_path(cfg)
-    manifest = json.loads((sample / run_layout.MANIFEST_FILE).read_text())
+    manifest = json.loads(run_layout.sample_manifest(sample).read_text())
     lines.append(f"generated: {manifest['n']} showers with the {manifest['sample_steps']}-step model, "
                  f"{manifest['timing']['ms_per_shower_per_rank']:.1f} ms per shower -> {sample}")
     lines.append(f"exported: {run_layout.export_path(cfg)}")

@@ -9,33 +9,38 @@ Layout under ``<run.dir>/checkpoints``::
         ema.safetensors        EMA weights (fp32; ``.pt`` tensor file without safetensors)
         rank_<r>.safetensors   rank r's RNG states (torch CPU/CUDA, training-noise generator) as uint8
         rank_<r>.json          rank r's data-stream position, Python and NumPy RNG states
-        train_state.json       step, samples, world size, ZeRO stage, EMA updates, losses (written last)
+        train_state.json       step, samples, world size, ZeRO stage, EMA updates, losses and the sha256
+                               of every other file of the checkpoint (written last)
 
 Write order: every rank calls ``engine.save_checkpoint(save_latest=False)``, writes and fsyncs its own
 files into the tag directory; after a barrier rank 0 writes ``train_state.json`` and only then replaces
 ``latest`` (temporary file, fsync, rename). A kill at any moment leaves ``latest`` naming the previous
-complete checkpoint; half-written tag directories are never read and are pruned later. Loading reads
-``latest``, checks the tag's ``train_state.json`` (world size, ZeRO stage) and loads everything
+complete checkpoint; half-written tag directories are never read and are pruned later. Resuming
+(:meth:`Checkpointer.resume_tag`, rank 0) checks every file against its checksum and falls back, with a
+warning, to the newest older checkpoint that is intact when ``latest`` names a truncated or corrupted
+one. Loading checks the tag's ``train_state.json`` (world size, ZeRO stage) and loads everything
 weights-only: DeepSpeed's files through :func:`pipeline.training.engine.make_loading_safe`, ours as tensor
 files and JSON.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from pipeline.runtime.distributed import barrier
-from pipeline.runtime.files import atomic_write_bytes, atomic_write_json, fsync_path
+from pipeline.runtime.distributed import barrier, decided_on_main, gathered
+from pipeline.runtime.files import atomic_write_bytes, atomic_write_json, fsync_path, sha256_file
 from pipeline.runtime.tensor_files import find_tensor_file, load_tensors, save_tensors
 from pipeline.training.ema import EMA
 
@@ -116,32 +121,88 @@ class Checkpointer:
     def read_state(self, tag: str) -> dict[str, Any]:
         return json.loads((self.dir / tag / STATE_FILE).read_text())
 
+    def tags(self) -> list[str]:
+        """Every tag directory, newest first (complete or not)."""
+        if not self.dir.is_dir():
+            return []
+        return sorted((p.name for p in self.dir.iterdir() if p.is_dir() and _TAG.fullmatch(p.name)), key=step_of,
+                      reverse=True)
+
+    def damaged(self, tag: str) -> list[str]:
+        """What is wrong with checkpoint ``tag`` (empty when intact): a missing or unreadable state file, missing
+        files, files that do not match the checksums recorded when it was saved."""
+        try:
+            state = self.read_state(tag)
+        except FileNotFoundError:
+            return [f"{STATE_FILE} is missing"]
+        except ValueError:
+            return [f"{STATE_FILE} is not valid JSON"]
+        problems = []
+        for name, digest in sorted(state.get("files", {}).items()):
+            path = self.dir / tag / name
+            if not path.is_file():
+                problems.append(f"{name} is missing")
+            elif sha256_file(path) != digest:
+                problems.append(f"{name} does not match its checksum (truncated or corrupted)")
+        return problems
+
+    def candidates(self) -> list[str]:
+        """``latest`` and the older tag directories, newest first (empty for a fresh run)."""
+        path = self.dir / LATEST
+        if not path.is_file():
+            return []
+        latest = path.read_text().strip()
+        return [latest, *(t for t in self.tags() if step_of(t) < step_of(latest))]
+
+    def resume_tag(self, warn: Callable[[str], None] = print) -> str | None:
+        """The checkpoint to resume: ``latest`` if intact, else the newest intact older one (with a warning)."""
+        candidates = self.candidates()
+        if not candidates:
+            return None
+        latest = candidates[0]
+        for tag in candidates:
+            problems = self.damaged(tag)
+            if not problems:
+                if tag != latest:
+                    warn(f"resuming from {tag}, the newest intact checkpoint before {latest}")
+                return tag
+            warn(f"checkpoint {self.dir / tag} is damaged: {'; '.join(problems[:3])}")
+        raise CheckpointError(f"{self.dir}: no intact checkpoint to resume ({latest} and every older one are damaged); "
+                              f"remove the checkpoints directory to start again, or start a new run directory from "
+                              f"other weights with train.init_from")
+
     def save(self, engine: Any, step: int, ema: EMA, generator: torch.Generator, stream_state: dict[str, Any],
              state: dict[str, Any]) -> Path:
         """Write checkpoint ``step`` on every rank, then move ``latest`` to it (see module doc)."""
         t0 = time.perf_counter()
         tag = tag_for(step)
         tag_dir = self.dir / tag
-        if self.latest_tag() == tag:  # already saved (e.g. stopped right after a resume)
-            return tag_dir
+        if decided_on_main(lambda: self.latest_tag() == tag and not self.damaged(tag)):  # saved (stopped right after
+            return tag_dir                                                                    # a resume, say)
         if self.rank == 0 and tag_dir.exists():  # left by an interrupted save; `latest` never named it
             shutil.rmtree(tag_dir)
         barrier()
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state={}, save_latest=False)
-        rng_tensors, rng_json = capture_rng(generator)
-        mine = [save_tensors(tag_dir / f"rank_{self.rank}", rng_tensors)]
-        atomic_write_json(tag_dir / f"rank_{self.rank}.json", {"rank": self.rank, "stream": stream_state,
-                                                               "rng": rng_json})
-        mine.append(tag_dir / f"zero_pp_rank_{self.rank}_mp_rank_00_optim_states.pt")
-        if self.rank == 0:
-            mine += [save_tensors(tag_dir / "ema", ema.state_dict()), tag_dir / "mp_rank_00_model_states.pt"]
-        for path in mine:
-            if path.is_file():
-                fsync_path(path)
-        barrier()
+        try:
+            engine.save_checkpoint(str(self.dir), tag=tag, client_state={}, save_latest=False)
+            rng_tensors, rng_json = capture_rng(generator)
+            mine = [save_tensors(tag_dir / f"rank_{self.rank}", rng_tensors)]
+            atomic_write_json(tag_dir / f"rank_{self.rank}.json", {"rank": self.rank, "stream": stream_state,
+                                                                   "rng": rng_json})
+            mine.append(tag_dir / f"zero_pp_rank_{self.rank}_mp_rank_00_optim_states.pt")
+            if self.rank == 0:
+                mine += [save_tensors(tag_dir / "ema", ema.state_dict()), tag_dir / "mp_rank_00_model_states.pt"]
+            mine.append(tag_dir / f"rank_{self.rank}.json")
+            for path in mine:
+                if path.is_file():
+                    fsync_path(path)
+        except (OSError, RuntimeError) as err:
+            raise write_error(tag_dir, err) from err
+        files = {name: digest for part in gathered({p.name: sha256_file(p) for p in mine if p.is_file()})
+                 for name, digest in part.items()}  # every rank's files, checked when resuming
         if self.rank == 0:
             atomic_write_json(tag_dir / STATE_FILE, {**state, "step": step, "world_size": self.world_size,
-                                                     "ema_updates": ema.updates, "saved_at": time.time()})
+                                                     "ema_updates": ema.updates, "saved_at": time.time(),
+                                                     "files": files})
             atomic_write_bytes(self.dir / LATEST, tag.encode())
             self._prune(keep_tag=tag)
         barrier()
@@ -177,6 +238,25 @@ class Checkpointer:
         return Resumed(tag, state, rank_json["stream"])
 
 
+def write_error(tag_dir: Path, err: BaseException) -> BaseException:
+    """An OSError naming the checkpoint for a failed write (torch's zip writer reports a full disk as a
+    RuntimeError from inline_container.cc); other errors are returned as they are."""
+    if isinstance(err, RuntimeError) and "inline_container" not in str(err) and "StreamWriter" not in str(err):
+        return err
+    try:
+        free_bytes = shutil.disk_usage(tag_dir.parent).free
+    except OSError:
+        free_bytes = None
+    free = "free space unknown" if free_bytes is None else f"{free_bytes / 2**20:.0f} MiB free there"
+    if isinstance(err, OSError) and err.strerror:
+        code, reason = err.errno or errno.EIO, err.strerror
+    else:  # torch's writer: a short write, i.e. a full disk if the filesystem has no room left
+        full = free_bytes is not None and free_bytes < 2**20
+        code = errno.ENOSPC if full else errno.EIO
+        reason = f"{os.strerror(code)} (torch: {str(err).strip().splitlines()[-1]})"
+    return OSError(code, f"{reason}; {free}", str(tag_dir))
+
+
 def check_compatible(tag_dir: Path, state: dict[str, Any], world_size: int, zero_stage: int) -> None:
     """Raise CheckpointError unless a run with ``world_size`` ranks and ``zero_stage`` can resume ``tag_dir``."""
     if state["world_size"] != world_size:
@@ -195,10 +275,14 @@ def check_compatible(tag_dir: Path, state: dict[str, Any], world_size: int, zero
 def check_resumable(run_dir: str | Path, world_size: int, zero_stage: int) -> str | None:
     """The tag a run in ``run_dir`` would resume from (None for a fresh run); raises if it cannot."""
     ck = Checkpointer(run_dir, rank=0, world_size=world_size)
-    tag = ck.latest_tag()
-    if tag is not None:
-        check_compatible(ck.dir / tag, ck.read_state(tag), world_size, zero_stage)
-    return tag
+    for tag in ck.candidates():  # the newest with a readable state (checksums are checked when resuming)
+        try:
+            state = ck.read_state(tag)
+        except (FileNotFoundError, ValueError):
+            continue
+        check_compatible(ck.dir / tag, state, world_size, zero_stage)
+        return tag
+    return None
 
 
 def resolve_init_from(path: str | Path) -> Path:

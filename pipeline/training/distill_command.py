@@ -26,7 +26,7 @@ from pipeline.data.run_layout import read_done
 from pipeline.data.shower_store import StoreError
 from pipeline.data.stream import StreamError
 from pipeline.runtime.distributed import DistributedError
-from pipeline.runtime.exit_codes import EXIT_CONFIG
+from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_STORAGE
 from pipeline.runtime.seeds import seed_for
 from pipeline.runtime.time_limit import COMMAND_STARTED, parse_duration
 from pipeline.training.checkpoint import CheckpointError
@@ -95,4 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StoreError, StreamError, DistributedError, CheckpointError) as err:
         print(f"distill: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as err:  # disk full, I/O error: `latest` still names the last complete checkpoint
+        print(f"distill: error: writing {err.filename or 'the run directory'} failed: {err.strerror or err}; the last "
+              f"complete checkpoint is kept (checkpoints/latest) and a re-run resumes from it once this is fixed",
+              file=sys.stderr)
+        return EXIT_STORAGE
     return result.exit_code

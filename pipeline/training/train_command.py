@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -36,7 +37,7 @@ from pipeline.data.shower_store import ShowerStore, StoreError
 from pipeline.data.stream import ShowerStream, StreamError
 from pipeline.runtime import distributed
 from pipeline.runtime.distributed import DistEnv, DistributedError, discover
-from pipeline.runtime.exit_codes import EXIT_CONFIG
+from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_STORAGE
 from pipeline.runtime.signals import StopSignals
 from pipeline.runtime.time_limit import COMMAND_STARTED, parse_duration
 from pipeline.training.checkpoint import CheckpointError, check_resumable, resolve_init_from
@@ -79,7 +80,7 @@ def train(cfg: Config, *, config_path: str | None = None, time_limit: float | No
         return TrainResult("done", done["step"], Path(cfg.run.dir), "already complete")
     store = preflight(cfg, env.world_size)
     with StopSignals() as signals:  # from here on SIGUSR1/SIGTERM mean: checkpoint at the next step, exit 75
-        distributed.init_distributed(env)
+        distributed.init_distributed(env, timeout=timedelta(minutes=cfg.train.collective_timeout_minutes))
         try:
             trainer = Trainer(cfg, env, store, config_path=config_path, started=started, time_limit=time_limit,
                               teacher=teacher)
@@ -106,4 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StoreError, StreamError, DistributedError, CheckpointError) as err:
         print(f"train: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as err:  # disk full, I/O error: `latest` still names the last complete checkpoint
+        print(f"train: error: writing {err.filename or 'the run directory'} failed: {err.strerror or err}; the last "
+              f"complete checkpoint is kept (checkpoints/latest) and a re-run resumes from it once this is fixed",
+              file=sys.stderr)
+        return EXIT_STORAGE
     return result.exit_code

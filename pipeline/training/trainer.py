@@ -10,6 +10,7 @@ EMA update, then logging, validation and checkpoints as due.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,14 +27,15 @@ from pipeline.data.stream import ShowerStream
 from pipeline.diffusion import CosineSchedule
 from pipeline.models import build_models
 from pipeline.physics.preprocessing import Preprocessor
-from pipeline.runtime.distributed import DistEnv
+from pipeline.runtime.distributed import DistEnv, decided_on_main
 from pipeline.runtime.exit_codes import EXIT_DONE, EXIT_NONFINITE, EXIT_REQUEUE
 from pipeline.runtime.files import atomic_write_json, utc_now
+from pipeline.runtime.gpu_claim import claim_cuda_device
 from pipeline.runtime.precision import autocast, resolve_precision
 from pipeline.runtime.seeds import seed_for
 from pipeline.runtime.signals import StopSignals
 from pipeline.runtime.tensor_files import tensor_suffix
-from pipeline.training.checkpoint import Checkpointer, step_of, tag_for
+from pipeline.training.checkpoint import Checkpointer, tag_for
 from pipeline.training.ema import EMA, export_ema
 from pipeline.training.engine import build_engine
 from pipeline.training.initial_weights import Teacher, load_init_from, student_of
@@ -74,6 +76,8 @@ class Trainer:
         self.run_dir = Path(cfg.run.dir)
         cuda = torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        if cuda:
+            claim_cuda_device(self.device.index)  # more ranks than GPUs on a node is an error, not silent sharing
         self.precision = resolve_precision(self.t.precision, self.device)
         self.per_rank = cfg.per_rank_batch(env.world_size)
         self.global_batch = cfg.data.batch_size * self.t.grad_accum
@@ -105,12 +109,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def _resume(self) -> str | None:
-        tag = self.ckpt.latest_tag()
-        steps = torch.tensor([-1 if tag is None else step_of(tag)] * 2, dtype=torch.float64)
-        steps[1] *= -1
-        steps = self._all_reduce(steps, dist.ReduceOp.MAX)
-        if steps[0] != -steps[1]:
-            raise RuntimeError(f"ranks see different latest checkpoints under {self.ckpt.dir} (shared filesystem?)")
+        # rank 0 checks `latest` (checksums; older intact one if damaged); every rank resumes from its answer
+        tag = decided_on_main(lambda: self.ckpt.resume_tag(lambda text: print(f"train: warning: {text}",
+                                                                               file=sys.stderr, flush=True)))
         if tag is None:
             return None
         resumed = self.ckpt.load(self.engine, tag, self.ema, self.noise, self.t.zero_stage)
@@ -188,8 +189,7 @@ class Trainer:
                 last_ckpt = time.monotonic()
             if stop and self.step < t.max_steps:
                 return self._stopped(log, stop)
-        if self.ckpt.latest_tag() != tag_for(self.step):
-            self._save()
+        self._save()  # a no-op when the last step was just saved (decided on rank 0)
         return self._finish(log)
 
     def _all_reduce(self, x: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
@@ -285,6 +285,7 @@ class Trainer:
                                                             "time": utc_now()})
             log.message(f"train: stopped by {reason} at step {self.step} with checkpoint {tag}; "
                         f"re-run the same command to continue")
+        dist.barrier()  # no rank exits (and makes srun --kill-on-bad-exit stop the others) before the marker exists
         return TrainResult("stopped", self.step, self.run_dir, reason)
 
     def _nonfinite(self, log: TrainLogger, losses: torch.Tensor) -> TrainResult:
