@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -103,9 +104,15 @@ def prepare_store(out: Path, plan: dict, geometry: Geometry, layout: StoreLayout
             )
         else:
             shutil.rmtree(out)
-    group = create_arrays(out, geometry, plan["n"], layout, plan)
+    # built beside the target and renamed into place: a store killed while being created is never mistaken for
+    # a store "from other inputs" (its attrs are written after the arrays)
+    for stale in out.parent.glob(f".{out.name}.*.creating"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.creating")
+    group = create_arrays(tmp, geometry, plan["n"], layout, plan)
     group["incident_energies"][:] = energies
-    (out / PROGRESS_DIR).mkdir()
+    (tmp / PROGRESS_DIR).mkdir()
+    os.rename(tmp, out)
     return "created"
 
 

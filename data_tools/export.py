@@ -219,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def already_exported(sample: str | Path, out: Path, start: int, stop: int | None, dtype: str, quiet: bool) -> bool:
+    """Whether ``out`` is already this very export (a re-run after it finished, or after a kill that came
+    between the final rename and the exit): then there is nothing to do."""
+    store = open_sample(sample)
+    start, stop = _resolve_range(store, start, stop)
+    if not is_same_export(out, store, start, stop, dtype):
+        return False
+    if not quiet:
+        print(f"export: {out} is already an export of {sample} (rows {start}-{stop}, {dtype}); nothing to do")
+    return True
+
+
 def run_from_config(args: argparse.Namespace) -> Path | None:
     """The ``--config`` mode: paths and dtype from the config unless given; skips a finished export."""
     from pipeline.config import load_config
@@ -229,14 +241,11 @@ def run_from_config(args: argparse.Namespace) -> Path | None:
     out = args.out or run_layout.export_path(cfg)
     dtype = args.dtype or cfg.generate.export_dtype
     if out.exists() and not args.overwrite:
-        store = open_sample(sample)
-        start, stop = _resolve_range(store, args.start, args.stop)
-        if is_same_export(out, store, start, stop, dtype):
-            if not args.quiet:
-                print(f"export: {out} is already an export of {sample} (rows {start}-{stop}, {dtype}); nothing to do")
+        if already_exported(sample, out, args.start, args.stop, dtype, args.quiet):
             return None
         raise ExportError(f"{out}: already exists and is not an export of the current {sample} "
-                          f"(rows {start}-{stop}, {dtype}); pass --overwrite to replace it")
+                          f"(rows {args.start}-{args.stop if args.stop is not None else 'end'}, {dtype}); "
+                          f"pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     return export(sample, out, start=args.start, stop=args.stop, dtype=dtype, overwrite=args.overwrite,
                   progress=not args.quiet, workers=args.workers)
@@ -253,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.config is not None:
             out = run_from_config(args)
+        elif not args.overwrite and args.out.exists() and already_exported(
+                args.sample, args.out, args.start, args.stop, args.dtype or "float32", args.quiet):
+            out = None  # the same command ran to the end before
         else:
             out = export(args.sample, args.out, start=args.start, stop=args.stop, dtype=args.dtype or "float32",
                          overwrite=args.overwrite, progress=not args.quiet, workers=args.workers)

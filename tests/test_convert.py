@@ -264,3 +264,26 @@ def test_config_mode_under_mpi_simulates_once_on_rank_0(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("[standin] simulating") == 1
     assert ShowerStore(tmp_path / "s.zarr").n == 70
+
+
+def test_a_conversion_killed_while_creating_its_store_resumes(tmp_path, monkeypatch):
+    """Found by benchmarks/fault_soak.py: a kill between creating the zarr group and writing its attrs used to
+    leave a store that the re-run refused as one "from different inputs or settings"."""
+    import zarr
+
+    import data_tools.convert as convert_mod
+
+    source = tmp_path / "in.hdf5"
+    write_random_showers(source, 20, "ds2", seed=2)
+    real = convert_mod.create_arrays
+
+    def killed(path, *args, **kwargs):  # the group exists, its arrays and attrs do not yet
+        zarr.open_group(str(path), mode="w", zarr_format=3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_mod, "create_arrays", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert([source], tmp_path / "s.zarr", "ds2", layout=StoreLayout(8, 16), progress=False)
+    monkeypatch.setattr(convert_mod, "create_arrays", real)
+    assert ShowerStore(convert([source], tmp_path / "s.zarr", "ds2", layout=StoreLayout(8, 16), progress=False)).n == 20
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".creating")] == []

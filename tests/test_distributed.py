@@ -294,3 +294,37 @@ def test_a_rank_with_a_stale_view_of_the_checkpoints_follows_rank_0(tmp_path, st
     assert "resumed from step_00000004 at step 4/6" in outputs[0]
     done = read_done(run)
     assert done["step"] == 6 and done["world_size"] == 2 and done["ranks_agree"]
+
+
+def _hold_gpu(ready, release) -> None:  # another rank of the job, on the same GPU
+    from pipeline.runtime import gpu_claim
+
+    gpu_claim.claim("test-gpu-uuid-0", "GPU 0 (test)")
+    ready.set()
+    release.wait(30)
+
+
+def test_two_ranks_on_one_gpu_is_an_error_that_says_so(monkeypatch, tmp_path):
+    """More ranks than GPUs on a node: the second rank to claim a GPU stops with a message (not silent sharing)."""
+    import multiprocessing as mp
+
+    from pipeline.runtime import gpu_claim
+
+    monkeypatch.setattr(gpu_claim, "lock_dir", lambda: tmp_path)
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_gpu, args=(ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(DistributedError, match=r"GPU 0 \(test\) on .* is already in use by pid \d+: more ranks "
+                                                   r"than GPUs on this node"):
+            gpu_claim.claim("test-gpu-uuid-0", "GPU 0 (test)")
+        monkeypatch.setenv("CALO_ALLOW_GPU_SHARING", "1")
+        gpu_claim.claim("test-gpu-uuid-0", "GPU 0 (test)")  # on purpose: allowed
+    finally:
+        release.set()
+        holder.join(30)
+    monkeypatch.delenv("CALO_ALLOW_GPU_SHARING")
+    gpu_claim.claim("test-gpu-uuid-0", "GPU 0 (test)")  # free again once the holder exited
+    assert "test-gpu-uuid-0" in gpu_claim._held

@@ -284,3 +284,13 @@ def test_cli_subprocess_and_command_table(converted, tmp_path):
     assert bad.returncode == 2 and "export: error:" in bad.stderr and "Traceback" not in bad.stderr
     usage = run_module("data_tools.export", str(converted[0]))
     assert usage.returncode == 2 and "give SAMPLE and --out, or --config" in usage.stderr
+
+
+def test_rerunning_a_finished_export_is_a_no_op(converted, tmp_path, capsys):
+    """A kill between the final rename and the exit leaves a finished export: the same command then succeeds."""
+    store, out = converted[0], tmp_path / "again.hdf5"
+    assert main([str(store), "--out", str(out), "--quiet"]) == 0
+    before = out.stat().st_mtime_ns
+    assert main([str(store), "--out", str(out)]) == 0
+    assert "is already an export of" in capsys.readouterr().out and out.stat().st_mtime_ns == before
+    assert "already exists; pass --overwrite" in _error(capsys, [str(store), "--out", str(out), "--stop", "5"])

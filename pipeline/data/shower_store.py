@@ -24,7 +24,7 @@ import zarr
 import zarr.codecs
 
 from pipeline.config import StoreLayout
-from pipeline.physics.geometry import Geometry, load_geometry
+from pipeline.physics.geometry import GEOMETRY_FILES, Geometry, GeometryError, load_geometry
 
 FORMAT_NAME = "calo-shower-store"
 FORMAT_VERSION = 1
@@ -103,16 +103,26 @@ class ShowerStore:
             raise StoreError(
                 f"{self.path}: store is incomplete (conversion interrupted?); re-run the same data_tools.convert command"
             )
-        self.showers = self.group[SHOWERS]
-        self.energies_array = self.group[ENERGIES]
+        try:
+            self.showers = self.group[SHOWERS]
+            self.energies_array = self.group[ENERGIES]
+        except KeyError as err:
+            raise StoreError(f"{self.path}: array {err.args[0]!r} is missing (expected {SHOWERS!r} and {ENERGIES!r})") \
+                from None
+        name = (self.attrs.get("geometry") or {}).get("name") if isinstance(self.attrs.get("geometry"), dict) else None
+        try:
+            self.geometry: Geometry = load_geometry(name)
+        except (GeometryError, TypeError):
+            raise StoreError(f"{self.path}: attrs.geometry.name is {name!r}, expected one of "
+                             f"{', '.join(sorted(GEOMETRY_FILES))}") from None
+        expected = (self.showers.shape[0], *self.geometry.shape)
+        if self.showers.shape != expected or self.energies_array.shape != (self.showers.shape[0],):
+            raise StoreError(f"{self.path}: arrays of shape {self.showers.shape} and {self.energies_array.shape} do not "
+                             f"fit geometry {name} (expected {expected} and ({expected[0]},))")
 
     @property
     def complete(self) -> bool:
         return self.attrs.get("complete") is True
-
-    @cached_property
-    def geometry(self) -> Geometry:
-        return load_geometry(self.attrs["geometry"]["name"])
 
     @property
     def n(self) -> int:
