@@ -16,22 +16,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.config import Config, ConfigError, add_config_arguments, load_config
+from pipeline.config import Config, ConfigError, add_config_arguments
 from pipeline.data import run_layout
 from pipeline.data.run_layout import read_done
-from pipeline.data.shower_store import StoreError
-from pipeline.data.stream import StreamError
-from pipeline.runtime.distributed import DistributedError
-from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_STORAGE
 from pipeline.runtime.seeds import seed_for
-from pipeline.runtime.time_limit import COMMAND_STARTED, parse_duration
-from pipeline.training.checkpoint import CheckpointError
+from pipeline.runtime.time_limit import COMMAND_STARTED
 from pipeline.training.initial_weights import Teacher
-from pipeline.training.train_command import train
+from pipeline.training.train_command import run_command, train
 from pipeline.training.trainer import TrainResult
 
 _STAGE_SEED = 11  # seed purpose: each stage's noise differs from training's and from the other stages'
@@ -85,19 +79,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stage", type=int, required=True, help="stage number, 1 .. number of stages")
     parser.add_argument("--time-limit", help="stop with a checkpoint before this much wall time (e.g. 3:55:00, 90m)")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        try:
-            limit = parse_duration(args.time_limit) if args.time_limit else None
-        except ValueError as err:
-            raise ConfigError(f"--time-limit: {err}") from None
-        result = distill(cfg, args.stage, config_path=args.config, time_limit=limit, started=COMMAND_STARTED)
-    except (ConfigError, StoreError, StreamError, DistributedError, CheckpointError) as err:
-        print(f"distill: error: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    except OSError as err:  # disk full, I/O error: `latest` still names the last complete checkpoint
-        print(f"distill: error: writing {err.filename or 'the run directory'} failed: {err.strerror or err}; the last "
-              f"complete checkpoint is kept (checkpoints/latest) and a re-run resumes from it once this is fixed",
-              file=sys.stderr)
-        return EXIT_STORAGE
-    return result.exit_code
+    return run_command("distill", args.config, args.overrides, args.time_limit, lambda cfg, limit: distill(
+        cfg, args.stage, config_path=args.config, time_limit=limit, started=COMMAND_STARTED))

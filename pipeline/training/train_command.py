@@ -29,7 +29,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pipeline.config import Config, ConfigError, add_config_arguments, load_config
 from pipeline.data.run_layout import DONE_FILE, read_done
@@ -97,19 +97,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-limit", help="stop with a checkpoint before this much wall time (e.g. 3:55:00, 90m)")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"train.max_steps={args.max_steps}"] if args.max_steps is not None else [])
+    return run_command("train", args.config, overrides, args.time_limit, lambda cfg, limit: train(
+        cfg, config_path=args.config, time_limit=limit, started=COMMAND_STARTED))
+
+
+def run_command(prog: str, config: str, overrides: Sequence[str], time_limit: str | None,
+                run: Callable[[Config, float | None], TrainResult]) -> int:
+    """Load the config, read ``--time-limit`` and ``run``; an expected failure is one line and an exit code."""
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(config, overrides)
         try:
-            limit = parse_duration(args.time_limit) if args.time_limit else None
+            limit = parse_duration(time_limit) if time_limit else None
         except ValueError as err:
             raise ConfigError(f"--time-limit: {err}") from None
-        result = train(cfg, config_path=args.config, time_limit=limit, started=COMMAND_STARTED)
+        return run(cfg, limit).exit_code
     except (ConfigError, StoreError, StreamError, DistributedError, CheckpointError) as err:
-        print(f"train: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as err:  # disk full, I/O error: `latest` still names the last complete checkpoint
-        print(f"train: error: writing {err.filename or 'the run directory'} failed: {err.strerror or err}; the last "
+        print(f"{prog}: error: writing {err.filename or 'the run directory'} failed: {err.strerror or err}; the last "
               f"complete checkpoint is kept (checkpoints/latest) and a re-run resumes from it once this is fixed",
               file=sys.stderr)
         return EXIT_STORAGE
-    return result.exit_code
