@@ -2,7 +2,8 @@
 
 Owns: rank discovery and the process group (:mod:`.distributed`), the MPI communicator of the data tools
 (:mod:`.mpi`), stop signals (:mod:`.signals`), exit codes (:mod:`.exit_codes`), time limits
-(:mod:`.time_limit`), derived seeds (:mod:`.seeds`), atomic files and timestamps (:mod:`.files`),
-tensor files that load without unpickling (:mod:`.tensor_files`) and autocast precision
-(:mod:`.precision`). May import: nothing else of ``pipeline`` (the bottom layer).
+(:mod:`.time_limit`), derived seeds (:mod:`.seeds`), atomic files, checksums and timestamps
+(:mod:`.files`), lock files on shared filesystems (:mod:`.lock_file`), tensor files that load without
+unpickling (:mod:`.tensor_files`), autocast precision (:mod:`.precision`) and one rank per GPU
+(:mod:`.gpu_claim`). May import: nothing else of ``pipeline`` (the bottom layer).
 """
