@@ -8,7 +8,8 @@ Dependencies run one way, bottom to top (checked by import-linter, ``setup.cfg``
     data        CaloChallenge HDF5, the zarr shower store, the training stream, sample readers,
                 the generated-sample store, where each stage writes (run layout)
     models | diffusion      networks and their weights file | schedule, sampler, noise, distillation, synthesis
-    training | generation | evaluation      the stages (commands pipeline.train / distill, generate, evaluate)
+    evaluation  the CaloChallenge metrics (command pipeline.evaluate; training's fidelity monitor uses them)
+    training | generation   the stages (commands pipeline.train / distill, generate)
     launch      the stage graph submitted with submitit
     tools       demo, info, the ``calo`` console script (the only part that uses ``data_tools``)
 

@@ -9,6 +9,7 @@ weights) and after one stage: it must at least halve, and each network's own gap
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -97,7 +98,8 @@ def test_stage_configs_and_errors(tmp_path, store):
 def test_two_stages_bring_the_student_to_the_teacher(chain):
     cfg = load_config(chain)
     env = clean_env(OMP_NUM_THREADS="2")
-    proc = run_group(distill_cmd(chain, 1), timeout=900, env=env)
+    monitor = ("--set", "train.eval_every_steps=80", "--set", "train.eval_showers=32")  # at steps 0 and 80
+    proc = run_group(distill_cmd(chain, 1, *monitor), timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads((run_layout.distill_dir(cfg, 1) / "DONE.json").read_text())
     assert done["stage"] == 1 and done["sample_steps"] == 2 and done["teacher_steps"] == TEACHER_STEPS
@@ -115,6 +117,13 @@ def test_two_stages_bring_the_student_to_the_teacher(chain):
     assert after["all"] < 0.5 * before["all"], (before, after)
     for net in ("layers", "voxels"):
         assert after[net] < 0.8 * before[net], (net, before, after)
+    # the fidelity monitor saw it too: the student's showers moved towards the teacher's for the same noise
+    with open(run_layout.distill_dir(cfg, 1) / "logs" / "monitor.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 80]
+    gaps = [float(r["student_teacher_rel_l1"]) for r in rows]
+    print(f"monitor: student-teacher relative L1 {gaps}")
+    assert gaps[1] < 0.9 * gaps[0], gaps
 
     # stage 2 reads stage 1's DONE.json; re-running a finished stage is a no-op
     proc = run_group(distill_cmd(chain, 2, "--set", "distill.max_steps=3"), timeout=600, env=env)

@@ -150,17 +150,24 @@ class TrainConfig:
     log_every_steps: int = 50  # CSV / TensorBoard rows (averaged over the interval)
     init_from: Optional[str] = None  # checkpoint tag directory to take weights and EMA from (fresh optimiser)
     collective_timeout_minutes: float = 5.0  # a rank stuck this long in a collective ends the run (a dead peer)
+    eval_every_steps: int = 0  # fidelity monitor (pipeline.training.monitor): every N steps and at the end; 0: off
+    eval_showers: int = 512  # showers it generates and compares with validation showers of the same energies
+    eval_sample_steps: int = 0  # its DDIM steps; 0: the run's diffusion.sample_steps
+    eval_bins: int = 20  # histogram bins of its separation powers
 
     def check(self, path: str) -> None:
         for name in ("max_steps", "grad_accum", "keep_checkpoints", "val_batches", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{path}.{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "checkpoint_every_steps", "val_every_steps", "weight_decay", "grad_clip",
-                     "checkpoint_every_minutes"):
+                     "checkpoint_every_minutes", "eval_every_steps", "eval_sample_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"{path}.lr: must be > 0, got {self.lr}")
+        if self.eval_showers < 2 or self.eval_bins < 2:
+            raise ConfigError(f"{path}.eval_showers and {path}.eval_bins: must be >= 2, got {self.eval_showers} and "
+                              f"{self.eval_bins}")
         if not self.collective_timeout_minutes > 0:
             raise ConfigError(f"{path}.collective_timeout_minutes: must be > 0, got {self.collective_timeout_minutes}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -12,5 +12,5 @@
   published results, the whole evaluation; :mod:`.distortions`: known distortions the trust tests use.
 
 May import: :mod:`pipeline.runtime`, :mod:`pipeline.config`, :mod:`pipeline.physics`, :mod:`pipeline.data`
-(never training, generation, launch or tools).
+(never training, generation, launch or tools, which sit above it: training's fidelity monitor uses it).
 """

@@ -154,18 +154,27 @@ def _profile_panel(fig: plt.Figure, spec, x: np.ndarray, ref: np.ndarray, gen: n
     bottom.tick_params(labelsize=7)
 
 
-def plot_profiles(gen: SampleObservables, ref: SampleObservables, path: Path, dpi: int = 80) -> Path:
-    """Longitudinal (mean energy per layer) and radial (mean energy per radial bin) profiles."""
-    fig = plt.figure(figsize=(9, 3.8))
-    grid = fig.add_gridspec(1, 2, **_margins(3.8))
+def profiles_figure(gen: SampleObservables, ref: SampleObservables, response: Separation | None = None) -> plt.Figure:
+    """Longitudinal (mean energy per layer) and radial (mean energy per radial bin) profiles, and the
+    E_tot/E_inc histogram when ``response`` is given (the training monitor's picture)."""
+    panels = 2 if response is None else 3
+    fig = plt.figure(figsize=(4.5 * panels, 3.8))
+    grid = fig.add_gridspec(1, panels, **_margins(3.8))
     layers = np.asarray(ref.hlf.layers)
     _profile_panel(fig, grid[0], layers, ref.hlf.e_layer.mean(axis=0), gen.hlf.e_layer.mean(axis=0), "layer",
                    "mean energy [MeV]")
     r_ref, e_ref = radial_profile(ref)
     _, e_gen = radial_profile(gen)
     _profile_panel(fig, grid[1], r_ref, e_ref, e_gen, "radius (bin centre) [mm]", "mean energy [MeV]")
-    fig.suptitle("Longitudinal and radial profiles", fontsize=10)
-    return _save(fig, path, dpi)
+    if response is not None:
+        draw_histogram(*_ratio_axes(fig, grid[2]), response, label_of("etot_einc"))
+    fig.suptitle("Longitudinal and radial profiles" + ("" if response is None else ", response"), fontsize=10)
+    return fig
+
+
+def plot_profiles(gen: SampleObservables, ref: SampleObservables, path: Path, dpi: int = 80) -> Path:
+    """Longitudinal (mean energy per layer) and radial (mean energy per radial bin) profiles."""
+    return _save(profiles_figure(gen, ref), path, dpi)
 
 
 def plot_separation_by_layer(seps: dict[str, Separation], path: Path, dpi: int = 80) -> Path:

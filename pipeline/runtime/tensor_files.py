@@ -7,6 +7,7 @@ states, EMA) and the exported EMA weights use them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Mapping
@@ -68,3 +69,13 @@ def find_tensor_file(stem: str | Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes (in key order)."""
+    h = hashlib.sha256()
+    for key, value in state.items():
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -2,9 +2,10 @@
 
 ``<run.dir>/logs/metrics.csv`` has one row per logging interval (``kind=train``: losses averaged over
 the interval, learning rate, gradient norm, showers/s, peak memory) and per validation (``kind=val``:
-loss of the trained weights and of the EMA). TensorBoard event files go to ``<run.dir>/logs/tensorboard``
-when the ``tensorboard`` package is installed. On resume, rows after the resumed step (written by the
-interrupted run) are dropped, so the log reads like one uninterrupted run.
+loss of the trained weights and of the EMA); ``logs/monitor.csv`` one row per fidelity check
+(:mod:`.monitor`). TensorBoard event files (scalars, and the monitor's figures) go to
+``<run.dir>/logs/tensorboard`` when the ``tensorboard`` package is installed. On resume, rows after the
+resumed step (written by the interrupted run) are dropped, so the logs read like one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ class TrainLogger:
         self.enabled = enabled
         self.t0 = time.perf_counter()
         self.csv_path = Path(run_dir) / "logs" / "metrics.csv"
+        self.start_step = start_step
         self.writer = self.bar = None
+        self._tables: dict[str, tuple[Any, Any, tuple[str, ...]]] = {}
         if not enabled:
             return
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate(start_step)
+        self._truncate(self.csv_path, COLUMNS, start_step)
         self._csv = open(self.csv_path, "a", newline="")
         self._rows = csv.writer(self._csv)
         if self._csv.tell() == 0:
@@ -70,19 +73,20 @@ class TrainLogger:
         self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
                         mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
 
-    def _truncate(self, start_step: int) -> None:
-        """Drop rows after ``start_step`` (left by an interrupted run)."""
-        if not self.csv_path.is_file():
+    @staticmethod
+    def _truncate(path: Path, columns: tuple[str, ...], start_step: int) -> None:
+        """Drop rows after ``start_step`` (left by an interrupted run); set a file with other columns aside."""
+        if not path.is_file():
             return
-        rows = list(csv.reader(self.csv_path.read_text().splitlines()))
-        if not rows or tuple(rows[0]) != COLUMNS:
-            self.csv_path.rename(self.csv_path.with_suffix(".csv.old"))
+        rows = list(csv.reader(path.read_text().splitlines()))
+        if not rows or tuple(rows[0]) != columns:
+            path.rename(path.with_suffix(".csv.old"))
             return
         keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= start_step]
         if len(keep) != len(rows):
             buf = io.StringIO()
             csv.writer(buf).writerows(keep)
-            atomic_write_bytes(self.csv_path, buf.getvalue().encode())
+            atomic_write_bytes(path, buf.getvalue().encode())
 
     def progress(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         """Advance the bar to ``step``."""
@@ -104,6 +108,38 @@ class TrainLogger:
                     self.writer.add_scalar(f"{kind}/{key}", value, step)
             self.writer.flush()
 
+    def table_row(self, name: str, columns: tuple[str, ...], step: int, values: dict[str, Any]) -> None:
+        """One row of ``logs/<name>.csv`` (columns fixed by the caller; ``step`` first) and the numbers as
+        TensorBoard scalars under ``name/``."""
+        if not self.enabled:
+            return
+        if name not in self._tables:
+            path = self.csv_path.with_name(f"{name}.csv")
+            self._truncate(path, columns, self.start_step)
+            handle = open(path, "a", newline="")
+            writer = csv.writer(handle)
+            if handle.tell() == 0:
+                writer.writerow(columns)
+            self._tables[name] = (handle, writer, columns)
+        handle, writer, cols = self._tables[name]
+        writer.writerow([_fmt({"step": step, **values}.get(c)) for c in cols])
+        handle.flush()
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and value == value:  # not NaN
+                    self.writer.add_scalar(f"{name}/{key}", value, step)
+            self.writer.flush()
+
+    def figure(self, tag: str, fig: Any, step: int) -> None:
+        """A matplotlib figure in TensorBoard (closed afterwards)."""
+        if self.enabled and self.writer is not None:
+            self.writer.add_figure(tag, fig, step, close=True)
+            self.writer.flush()
+        else:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
     def message(self, text: str) -> None:
         """A line on stderr that does not break the bar."""
         if not self.enabled:
@@ -119,5 +155,7 @@ class TrainLogger:
         if self.bar is not None:
             self.bar.close()
         self._csv.close()
+        for handle, _, _ in self._tables.values():
+            handle.close()
         if self.writer is not None:
             self.writer.close()

@@ -9,7 +9,6 @@ EMA update, then logging, validation and checkpoints as due.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 import warnings
@@ -34,13 +33,14 @@ from pipeline.runtime.gpu_claim import claim_cuda_device
 from pipeline.runtime.precision import autocast, resolve_precision
 from pipeline.runtime.seeds import seed_for
 from pipeline.runtime.signals import StopSignals
-from pipeline.runtime.tensor_files import tensor_suffix
+from pipeline.runtime.tensor_files import state_digest, tensor_suffix
 from pipeline.training.checkpoint import Checkpointer, tag_for
 from pipeline.training.ema import EMA, export_ema
 from pipeline.training.engine import build_engine
 from pipeline.training.initial_weights import Teacher, load_init_from, student_of
 from pipeline.training.metrics_log import TrainLogger, max_memory_mb
-from pipeline.training.pairs import DiffusionPair
+from pipeline.training.monitor import FidelityMonitor
+from pipeline.training.pairs import DiffusionPair, DistillationPair
 
 _NOISE, _TORCH, _VALIDATION = 1, 2, 3  # seed purposes
 warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
@@ -105,7 +105,8 @@ class Trainer:
         self.ckpt = Checkpointer(self.run_dir, env.rank, env.world_size, keep=self.t.keep_checkpoints)
         self.step = self.samples = 0
         self.last: dict[str, float] = {}  # latest reduced losses by name
-        self.val_seconds = 0.0
+        self.val_seconds = self.monitor_seconds = 0.0
+        self.monitor: FidelityMonitor | None = None
 
     # ---------------------------------------------------------------- set-up
     def _resume(self) -> str | None:
@@ -142,6 +143,8 @@ class Trainer:
         tag = self._resume()
         log = TrainLogger(self.run_dir, enabled=self.env.is_main, start_step=self.step, max_steps=self.t.max_steps)
         self._prepare_run_dir(log, tag)
+        if self.t.eval_every_steps:
+            self.monitor = FidelityMonitor(self.cfg, self.store, self.pre, self.env, self.device, self.precision, log)
         try:
             return self._loop(log, signals)
         finally:
@@ -154,6 +157,8 @@ class Trainer:
         interval = {"n": 0, "seconds": 0.0, "sums": torch.zeros(3, dtype=torch.float64)}
         if t.val_every_steps and self.step == 0:
             self._validate(log)  # baseline of the initial weights
+        if self.monitor is not None and self.step == 0:
+            self._monitor()
         while self.step < t.max_steps:
             t0 = time.perf_counter()
             local = self._accumulate(batches)
@@ -181,6 +186,8 @@ class Trainer:
                 self._log_interval(log, interval, lr)
             if t.val_every_steps and (self.step % t.val_every_steps == 0 or self.step == t.max_steps):
                 self._validate(log)
+            if self.monitor is not None and (self.step % t.eval_every_steps == 0 or self.step == t.max_steps):
+                self._monitor()
             stop = f"signal {signals.received or 'on another rank'}" if stats[3] > 0 else \
                 "time limit" if stats[5] > 0 else None
             if (stop or stats[4] > 0 or self.step == t.max_steps
@@ -221,7 +228,8 @@ class Trainer:
         if self.time_limit is None:
             return False
         save = 1.5 * self.ckpt.last_save_seconds if self.ckpt.last_save_seconds else 10.0
-        margin = 2 * max(step_times) + save + (self.val_seconds if self.t.val_every_steps else 0.0)
+        margin = 2 * max(step_times) + save + (self.val_seconds if self.t.val_every_steps else 0.0) \
+            + self.monitor_seconds
         return time.monotonic() - self.started + margin >= self.time_limit
 
     # ----------------------------------------------------------- validation
@@ -260,6 +268,11 @@ class Trainer:
         log.row(self.step, "val", {"epoch": self.stream.epoch, "loss": val[0], "layer_loss": val[1],
                                    "voxel_loss": val[2], "ema_loss": val[3]})
         self.val_seconds = time.perf_counter() - t0
+
+    def _monitor(self) -> None:
+        """The fidelity monitor on the EMA weights (a distillation student is also compared with its teacher)."""
+        teacher = self.ema.module.teacher.model if isinstance(self.ema.module, DistillationPair) else None
+        self.monitor_seconds = self.monitor(self.step, self.ema.module, teacher)
 
     def _log_interval(self, log: TrainLogger, interval: dict[str, Any], lr: float) -> None:
         mean = (interval["sums"] / interval["n"]).tolist()
@@ -327,13 +340,3 @@ class Trainer:
             log.message(f"train: done, {self.step} steps; EMA weights in {self.run_dir / rel}")
         dist.barrier()
         return TrainResult("done", self.step, self.run_dir)
-
-
-def state_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over a state dict's names, dtypes, shapes and bytes (in key order)."""
-    h = hashlib.sha256()
-    for key, value in state.items():
-        t = value.detach().to("cpu").contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

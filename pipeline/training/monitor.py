@@ -1,0 +1,180 @@
+"""Fidelity monitor: during training and distillation, how the showers the EMA weights make compare with data.
+
+Every ``train.eval_every_steps`` steps, at step 0 of a fresh run and at the end, the ranks share the
+generation of ``train.eval_showers`` showers (M) with the current EMA weights and ``train.eval_sample_steps``
+DDIM steps (default: the run's sampler) for the incident energies of the first M validation showers of the
+store, with the same seeds every time (so a curve shows the model, not the noise), and rank 0 compares them
+with those validation showers with :mod:`pipeline.evaluation`'s own code:
+
+- separation powers, each with its noise floor for these sample sizes: E_tot/E_inc, and the mean over the
+  layers of the layer energies, centres of energy and widths in x and y, sparsity;
+- FPD and KPD of the high-level features when M >= :data:`DISTANCE_MIN_SHOWERS`, a high-level classifier AUC
+  when M >= :data:`CLASSIFIER_MIN_SHOWERS` (below that the log says why it is missing);
+- generation ms per shower (per rank); in a distillation stage also how far the student's showers are from its
+  teacher's (2x steps) for the same noise: relative L1 of the voxels and the mean |log E_tot ratio|.
+
+Rows go to ``logs/monitor.csv`` and TensorBoard (``monitor/*`` scalars, and a figure of the longitudinal and
+radial profiles and the E_tot/E_inc histogram). The monitor draws from its own random streams and restores
+every global RNG state, so a run ends with the same weights with it on or off, and resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.config import Config
+from pipeline.data.samples import ArraySample
+from pipeline.data.shower_store import ShowerStore
+from pipeline.diffusion import CosineSchedule, shower_seed, synthesize
+from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, classifier_test
+from pipeline.evaluation.observables import FAMILIES, SampleObservables, compute_observables
+from pipeline.evaluation.physics_distance import fpd, kpd
+from pipeline.evaluation.plots import profiles_figure
+from pipeline.evaluation.runner import separations, summarise
+from pipeline.physics.preprocessing import Preprocessor
+from pipeline.runtime.distributed import DistEnv, gathered
+from pipeline.runtime.precision import autocast
+from pipeline.training.metrics_log import TrainLogger
+
+MONITOR_SEED = 0x5EED  # shower i of the monitor's sample gets shower_seed(MONITOR_SEED, i): the same every time
+DISTANCE_MIN_SHOWERS = 200
+CLASSIFIER_MIN_SHOWERS = 2000
+COLUMNS = ("step", "showers", "sample_steps", "etot_einc", "etot_einc_floor",
+           *(f"{f}{s}" for f in FAMILIES for s in ("", "_floor")), "response_generated", "response_reference",
+           "fpd", "fpd_error", "kpd", "kpd_error", "classifier_auc", "student_teacher_rel_l1",
+           "student_teacher_log_etot", "generation_ms_per_shower", "monitor_seconds")
+
+
+@contextmanager
+def preserved_rng(device: torch.device) -> Iterator[None]:
+    """Restore torch (CPU and this device), NumPy and Python random states afterwards."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+def validation_showers(store: ShowerStore, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``m`` showers (flat) and incident energies of the store's validation chunks, read chunk by chunk."""
+    showers, energies, have = [], [], 0
+    for c in store.chunk_ids("validation"):
+        if have >= m:
+            break
+        a, b = c * store.chunk_rows, min((c + 1) * store.chunk_rows, store.n)
+        showers.append(np.asarray(store.showers[a:b]).reshape(b - a, -1))
+        energies.append(np.asarray(store.energies_array[a:b], dtype=np.float64))
+        have += b - a
+    if not showers:
+        return np.zeros((0, store.geometry.n_voxels), np.float32), np.zeros(0)
+    return np.concatenate(showers)[:m], np.concatenate(energies)[:m]
+
+
+class FidelityMonitor:
+    """One per rank; :meth:`__call__` is collective (every rank generates its share)."""
+
+    def __init__(self, cfg: Config, store: ShowerStore, pre: Preprocessor, env: DistEnv, device: torch.device,
+                 precision: str, log: TrainLogger) -> None:
+        t = cfg.train
+        showers, self.energies = validation_showers(store, t.eval_showers)
+        if self.energies.size < 2:
+            raise ValueError(f"train.eval_every_steps: {store.path} has no validation showers to compare with")
+        self.env, self.device, self.precision, self.log, self.pre = env, device, precision, log, pre
+        self.geometry, self.bins = store.geometry, t.eval_bins
+        self.steps = t.eval_sample_steps or cfg.diffusion.sample_steps
+        self.schedule, self.eta = CosineSchedule.from_config(cfg.diffusion), cfg.diffusion.eta
+        self.mine = np.arange(env.rank, self.energies.size, env.world_size)  # this rank's positions in the sample
+        self.reference: SampleObservables | None = None
+        if env.is_main:
+            self.reference = compute_observables(ArraySample(showers, self.energies, self.geometry, "validation"))
+        self.teacher_showers: np.ndarray | None = None
+        self.notes: set[str] = set()
+
+    @torch.no_grad()
+    def _generate(self, model: torch.nn.Module, steps: int) -> tuple[np.ndarray, float]:
+        """All M showers (flat, in sample order), each rank generating its share; and this rank's ms per shower."""
+        t0 = time.perf_counter()
+        energies = torch.from_numpy(self.energies[self.mine])
+        seeds = [shower_seed(MONITOR_SEED, int(i)) for i in self.mine]
+        mine = np.zeros((0, self.geometry.n_voxels), np.float32)
+        if len(seeds):
+            with autocast(self.precision, self.device):
+                mine = synthesize(energies, seeds, model.layer_net, model.voxel_unet, self.pre, steps,
+                                  schedule=self.schedule, eta=self.eta).float().cpu().numpy()
+            mine = mine.reshape(len(seeds), -1)
+        ms = 1e3 * (time.perf_counter() - t0) / max(len(seeds), 1)
+        out = np.zeros((self.energies.size, self.geometry.n_voxels), np.float32)
+        for rank, part in enumerate(gathered(mine)):
+            out[rank::self.env.world_size] = part
+        return out, ms
+
+    def __call__(self, step: int, model: torch.nn.Module, teacher: torch.nn.Module | None = None) -> float:
+        """Generate, compare, log (rank 0); returns the seconds it took."""
+        t0 = time.perf_counter()
+        with preserved_rng(self.device):
+            showers, gen_ms = self._generate(model, self.steps)
+            if teacher is not None and self.teacher_showers is None:
+                self.teacher_showers, _ = self._generate(teacher, 2 * self.steps)
+            if self.env.is_main:
+                self._report(step, showers, gen_ms, t0)
+        return time.perf_counter() - t0
+
+    def _report(self, step: int, showers: np.ndarray, gen_ms: float, t0: float) -> None:
+        ref = self.reference
+        assert ref is not None
+        gen = compute_observables(ArraySample(showers, self.energies, self.geometry, "generated"))
+        seps = separations(gen, ref, self.bins)
+        summary = summarise(seps)
+        row: dict[str, Any] = {"showers": int(showers.shape[0]), "sample_steps": self.steps,
+                               "etot_einc": summary["etot_einc"]["value"],
+                               "etot_einc_floor": summary["etot_einc"]["floor"],
+                               "response_generated": float(np.mean(gen.hlf.e_tot / gen.hlf.e_inc)),
+                               "response_reference": float(np.mean(ref.hlf.e_tot / ref.hlf.e_inc)),
+                               "generation_ms_per_shower": gen_ms}
+        for family in FAMILIES:
+            row[family], row[f"{family}_floor"] = summary[family]["mean"], summary[family]["floor_mean"]
+        n = showers.shape[0]
+        x_ref, x_gen = ref.hlf.classifier_features(), gen.hlf.classifier_features()
+        if n >= DISTANCE_MIN_SHOWERS:
+            f, k = fpd(x_ref, x_gen, batches=5, points=5), kpd(x_ref, x_gen, batch_size=n // 2, batches=5)
+            row.update(fpd=f["value"], fpd_error=f["error"], kpd=k["value"], kpd_error=k["error"])
+        else:
+            self._note(f"FPD/KPD need >= {DISTANCE_MIN_SHOWERS} showers per sample (train.eval_showers is {n})")
+        if n >= CLASSIFIER_MIN_SHOWERS:
+            cls = classifier_test(DenseFeatures(x_gen), DenseFeatures(x_ref), ClassifierConfig(max_epochs=20, patience=3))
+            row["classifier_auc"] = cls["auc"]
+        else:
+            self._note(f"the classifier AUC needs >= {CLASSIFIER_MIN_SHOWERS} showers per sample to tell more than "
+                       f"its noise (train.eval_showers is {n}): not computed")
+        if self.teacher_showers is not None:
+            t = self.teacher_showers
+            row["student_teacher_rel_l1"] = float(np.abs(showers - t).sum() / max(t.sum(), 1e-30))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.log(showers.sum(axis=1) / t.sum(axis=1))
+            row["student_teacher_log_etot"] = float(np.nanmean(np.abs(ratio[np.isfinite(ratio)]))) \
+                if np.isfinite(ratio).any() else math.nan
+        row["monitor_seconds"] = time.perf_counter() - t0
+        self.log.table_row("monitor", COLUMNS, step, row)
+        self.log.figure("monitor/profiles", profiles_figure(gen, ref, seps["etot_einc"]), step)
+        parts = [f"E_tot/E_inc {row['etot_einc']:.3f} (floor {row['etot_einc_floor']:.3f})"]
+        parts += [f"{f} {row[f]:.3f} ({row[f + '_floor']:.3f})" for f in ("e_layer", "width_x", "sparsity")]
+        parts += [f"FPD {row['fpd']:.3g}"] if "fpd" in row else []
+        parts += [f"student-teacher L1 {row['student_teacher_rel_l1']:.3f}"] if "student_teacher_rel_l1" in row else []
+        self.log.message(f"monitor step {step}: {', '.join(parts)}; {gen_ms:.1f} ms/shower, "
+                         f"{row['monitor_seconds']:.1f} s")
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.add(text)
+            self.log.message(f"monitor: {text}")
