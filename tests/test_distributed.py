@@ -256,7 +256,8 @@ def srun_style_ranks(cmd: list[str], timeout: float = 180, **rank_env: dict[str,
 def test_srun_style_slurm_variables_two_ranks(tmp_path, store):
     run = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=4, val_every_steps=2, val_batches=1, grad_accum=2,
-                       checkpoint_every_steps=0, checkpoint_every_minutes=1e-5)  # time-based: every step
+                       checkpoint_every_steps=0, checkpoint_every_minutes=1e-5,  # time-based: every step
+                       eval_every_steps=4, eval_showers=9, eval_sample_steps=1)  # the monitor, shared by 2 ranks
     codes, outputs = srun_style_ranks(train_cmd(cfg))
     assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     done = read_done(run)
@@ -266,6 +267,8 @@ def test_srun_style_slurm_variables_two_ranks(tmp_path, store):
     assert state["stream"]["batch"] == 8 and done["samples"] == 4 * 2 * 4  # 2 micro-batches of 2 per rank and step
     saved = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert saved == ["step_00000003", "step_00000004"]  # one per step by time, the newest 2 kept
+    monitor = (run / "logs" / "monitor.csv").read_text().splitlines()  # rows 0::2 on rank 0, 1::2 on rank 1
+    assert [line.split(",")[:2] for line in monitor[1:]] == [["0", "9"], ["4", "9"]]
 
 
 STALE_VIEW = """

@@ -66,19 +66,17 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
             random.setstate(py_state)
 
 
-def validation_showers(store: ShowerStore, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``m`` showers (flat) and incident energies of the store's validation chunks, read chunk by chunk."""
-    showers, energies, have = [], [], 0
-    for c in store.chunk_ids("validation"):
-        if have >= m:
-            break
-        a, b = c * store.chunk_rows, min((c + 1) * store.chunk_rows, store.n)
-        showers.append(np.asarray(store.showers[a:b]).reshape(b - a, -1))
-        energies.append(np.asarray(store.energies_array[a:b], dtype=np.float64))
-        have += b - a
+def validation_showers(store: ShowerStore, m: int, showers: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """The first ``m`` showers (flat; None unless ``showers``) and incident energies of the store's validation
+    chunks, read chunk by chunk."""
+    rows = [np.arange(c * store.chunk_rows, min((c + 1) * store.chunk_rows, store.n))
+            for c in store.chunk_ids("validation")]
+    rows_m = np.concatenate(rows)[:m] if rows else np.zeros(0, dtype=np.int64)
+    energies = np.asarray(store.energies[rows_m], dtype=np.float64)
     if not showers:
-        return np.zeros((0, store.geometry.n_voxels), np.float32), np.zeros(0)
-    return np.concatenate(showers)[:m], np.concatenate(energies)[:m]
+        return None, energies
+    parts = [np.asarray(store.showers[r[0]:r[-1] + 1]).reshape(len(r), -1) for r in rows if r[0] <= rows_m[-1]]
+    return np.concatenate(parts)[:m], energies
 
 
 class FidelityMonitor:
@@ -87,7 +85,7 @@ class FidelityMonitor:
     def __init__(self, cfg: Config, store: ShowerStore, pre: Preprocessor, env: DistEnv, device: torch.device,
                  precision: str, log: TrainLogger) -> None:
         t = cfg.train
-        showers, self.energies = validation_showers(store, t.eval_showers)
+        showers, self.energies = validation_showers(store, t.eval_showers, showers=env.is_main)  # rank 0 compares
         if self.energies.size < 2:
             raise ValueError(f"train.eval_every_steps: {store.path} has no validation showers to compare with")
         self.env, self.device, self.precision, self.log, self.pre = env, device, precision, log, pre
