@@ -109,6 +109,40 @@ def test_sample_is_complete_with_a_manifest(model_config, reference_sample):
     assert run(cfg, rank=0, world_size=1) == 0  # already complete: nothing to do
 
 
+def test_serial_and_pipelined_writers_write_the_same_bytes(tmp_path, model_config, reference_sample):
+    """generate.writer_threads only moves the copies, compression and writes to other threads."""
+    showers, energies = reference_sample
+    for threads in (0, 3):
+        out = tmp_path / f"w{threads}.zarr"
+        cfg = load_config(model_config, [f"generate.out={out}", f"generate.writer_threads={threads}"])
+        assert run(cfg, rank=0, world_size=1) == 0
+        t_showers, t_energies = read_sample(out)
+        np.testing.assert_array_equal(t_showers, showers)
+        np.testing.assert_array_equal(t_energies, energies)
+        markers = [json.loads(p.read_text()) for p in sorted(sample_blocks_dir(out).glob("block_*.json"))]
+        assert [m["block"] for m in markers] == [0, 1, 2] and {m["writer_threads"] for m in markers} == {threads}
+
+
+def test_a_failing_shard_write_is_raised_and_leaves_its_block_unmarked(tmp_path, model_config, monkeypatch):
+    """An error in a writer thread reaches the command (exit 74 path) and the block gets no marker."""
+    from pipeline.data.sample_store import SampleStore
+
+    real_write, calls = SampleStore.write, []
+
+    def write(self, start, showers, energies):
+        calls.append(start)
+        if start == 96:  # the second shard of block 1
+            raise OSError(28, "No space left on device", "showers/c/3")
+        real_write(self, start, showers, energies)
+
+    monkeypatch.setattr(SampleStore, "write", write)
+    out = tmp_path / "full.zarr"
+    cfg = load_config(model_config, [f"generate.out={out}", "generate.writer_threads=2"])
+    with pytest.raises(OSError, match="No space"):
+        run(cfg, rank=0, world_size=1)
+    assert sorted(p.name for p in sample_blocks_dir(out).glob("block_*.json")) == ["block_0000000.json"]
+
+
 @pytest.mark.slow
 def test_batch_size_and_ranks_do_not_change_the_sample(tmp_path, model_config, reference_sample):
     showers, energies = reference_sample

@@ -133,3 +133,49 @@ def test_model_and_diffusion_config_errors(override, message):
 def test_shipped_configs_choose_presets(name, preset):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.model.preset == preset and cfg.diffusion.sample_steps >= 1
+
+
+def test_fp32_first_last_keeps_precision_critical_layers_out_of_bf16():
+    """Under bf16 autocast the layer network runs entirely in fp32 (bitwise as without autocast) and the U-Net's
+    stem and output convolution see fp32 inputs; switched off, they run in bf16."""
+    torch.manual_seed(0)
+    geometry = load_geometry("ds2")
+    x, t, cond, layers = inputs(geometry.shape)
+    seen: dict[str, torch.dtype] = {}
+    for fp32 in (True, False):
+        layer_net, unet = (randomize_zero_init(m).eval()
+                           for m in build_models(ModelConfig(preset="tiny", fp32_first_last=fp32), geometry))
+        for name in ("stem", "out"):
+            def record(module, args, out, key=f"{name}{fp32}") -> None:  # the first call: under autocast
+                seen.setdefault(key, out.dtype)
+
+            getattr(unet, name).conv.register_forward_hook(record)
+        with torch.no_grad():
+            reference = layer_net(layers, t, cond)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = layer_net(layers, t, cond)
+                v = unet(x, t, cond, layers)
+            full = unet(x, t, cond, layers)
+        assert torch.equal(low, reference) == fp32
+        torch.testing.assert_close(v.float(), full, rtol=0.1, atol=0.05)  # bf16 elsewhere: close, not equal
+    assert seen == {"stemTrue": torch.float32, "outTrue": torch.float32,
+                    "stemFalse": torch.bfloat16, "outFalse": torch.bfloat16}
+
+
+def test_channels_last_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    geometry = load_geometry("ds2")
+    _, unet = build_models(ModelConfig(preset="tiny"), geometry)
+    unet = randomize_zero_init(unet)
+    x, t, cond, layers = inputs(geometry.shape)
+    plain = unet(x, t, cond, layers)
+    plain.square().mean().backward()
+    grads = [p.grad.clone() for p in unet.parameters()]
+    unet.zero_grad()
+    unet.use_channels_last()
+    assert unet.stem.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    fast = unet(x, t, cond, layers)
+    fast.square().mean().backward()
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    for a, b in zip((p.grad for p in unet.parameters()), grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

@@ -100,6 +100,7 @@ class ModelConfig:
     checkpointing: bool = False  # activation checkpointing of the U-Net blocks (large models)
     dropout: float = 0.0
     angle_downsample: int = 1  # at most this many angle halvings (only where the angle count is even)
+    fp32_first_last: bool = True  # under bf16 autocast: U-Net stem and output conv and the layer network in fp32
 
     def check(self, path: str) -> None:
         if not 0 <= self.dropout < 1:
@@ -154,6 +155,9 @@ class TrainConfig:
     eval_showers: int = 512  # showers it generates and compares with validation showers of the same energies
     eval_sample_steps: int = 0  # its DDIM steps; 0: the run's diffusion.sample_steps
     eval_bins: int = 20  # histogram bins of its separation powers
+    fused_optimizer: bool = True  # fused AdamW kernel on GPU (one launch for all tensors; ignored on CPU)
+    channels_last: bool = False  # channels_last_3d memory format for the U-Net (GPU convolutions)
+    cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution algorithms for the fixed shapes
 
     def check(self, path: str) -> None:
         for name in ("max_steps", "grad_accum", "keep_checkpoints", "val_batches", "log_every_steps"):
@@ -229,7 +233,11 @@ class GenerateConfig:
     block_size: int = 4096  # showers per work block (a multiple of layout.shard_rows)
     batch_size: int = 0  # showers per forward pass; 0: fill the GPU (64 on CPU)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    compile: bool = False  # torch.compile the networks (GPU)
+    compile: bool = False  # torch.compile the networks with static shapes (the last batch is padded)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
+    channels_last: bool = False  # channels_last_3d memory format for the U-Net (GPU convolutions)
+    cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution algorithms for the fixed shapes
+    writer_threads: int = 2  # threads that copy, compress and write shards beside the networks; 0: serial
     layout: StoreLayout = field(default_factory=StoreLayout)
 
     def check(self, path: str) -> None:
@@ -244,6 +252,9 @@ class GenerateConfig:
             raise ConfigError(f"{path}.energy_range: expected 0 < min <= max (MeV), got {list(self.energy_range)}")
         if self.batch_size < 0:
             raise ConfigError(f"{path}.batch_size: must be >= 0 (0: automatic), got {self.batch_size}")
+        if self.writer_threads < 0:
+            raise ConfigError(f"{path}.writer_threads: must be >= 0 (0: write in the generating thread), got "
+                              f"{self.writer_threads}")
         if self.block_size < 1 or self.block_size % self.layout.shard_rows:
             raise ConfigError(f"{path}.block_size: must be a positive multiple of {path}.layout.shard_rows "
                               f"({self.layout.shard_rows}), got {self.block_size}")

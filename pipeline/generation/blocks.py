@@ -1,11 +1,12 @@
-"""Generating a rank's blocks: batches through the sampler, whole shards into the sample store, a marker
-per finished block; plus the device and the batch size that fill it."""
+"""Generating a rank's blocks: batches through the sampler, whole shards into the sample store (written beside
+the computation), a marker per finished block; plus the device and the batch size that fill it."""
 
 from __future__ import annotations
 
 import socket
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from pipeline.data.sample_store import SampleStore
 from pipeline.diffusion import shower_seed
 from pipeline.generation.energies import IncidentEnergies
 from pipeline.generation.sampler import Sampler
+from pipeline.generation.shard_writer import ShardWriter
 from pipeline.runtime.files import utc_now
 from pipeline.runtime.gpu_claim import claim_cuda_device
 from pipeline.runtime.precision import autocast
@@ -51,19 +53,35 @@ def auto_batch_size(sampler: Sampler, device: torch.device, precision: str, cap:
 
 def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEnergies, blocks: list[int], *,
                     batch_size: int, precision: str, device: torch.device, rank: int, signals: StopSignals,
-                    pad: bool, progress: bool) -> bool:
-    """Generate and write ``blocks``; False if a stop signal ended it early (the current block is redone)."""
+                    pad: bool, progress: bool, writer_threads: int = 2) -> bool:
+    """Generate and write ``blocks``; False if a stop signal ended it early (the current block is redone).
+
+    The device computes batch k + 1 while batch k travels to the host and earlier shards are compressed and
+    written by ``writer_threads`` threads (:mod:`pipeline.generation.shard_writer`; 0: all in this thread).
+    """
     total = sum(b - a for a, b in map(sample.rows, blocks))
     shard = sample.store.shard_rows
     bar = tqdm(total=total, unit="shower", unit_scale=True, disable=not progress, desc="generate", dynamic_ncols=True)
+
+    def finished(block: int, info: dict[str, Any]) -> None:
+        start, stop = sample.rows(block)
+        seconds = time.perf_counter() - info.pop("t0")
+        sample.mark_done(block, {"seconds": seconds, **info, "showers_per_s": (stop - start) / seconds})
+        if not progress:
+            print(f"generate: rank {rank} block {block} ({start}-{stop}) {(stop - start) / seconds:.1f} showers/s",
+                  file=sys.stderr)
+
+    writer = ShardWriter(sample, writer_threads, finished)
     try:
         for block in blocks:
             start, stop = sample.rows(block)
-            t0, started = time.perf_counter(), utc_now()
+            writer.begin_block(block, {"t0": time.perf_counter(), "started_at": utc_now(), "rank": rank,
+                                       "host": socket.gethostname(), "device": str(device), "precision": precision,
+                                       "batch_size": batch_size, "writer_threads": writer_threads})
             e_block = energies(start, stop)
             for s0 in range(start, stop, shard):
                 s1 = min(s0 + shard, stop)
-                out = np.empty((s1 - s0, *sampler.geometry.shape), dtype=np.float32)
+                writer.begin_shard(s0, s1, e_block[s0 - start:s1 - start])
                 for b0 in range(s0, s1, batch_size):
                     if signals.received:
                         return False
@@ -74,16 +92,11 @@ def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEne
                     e = torch.from_numpy(e_block[np.array(idx) - start])
                     with autocast(precision, device):
                         showers = sampler(e, [shower_seed(sample.plan["seed"], i) for i in idx])
-                    out[b0 - s0:b1 - s0] = showers[: b1 - b0].float().cpu().numpy()
+                    writer.add(b0, showers[: b1 - b0])
                     bar.update(b1 - b0)
-                sample.write(s0, out, e_block[s0 - start:s1 - start])
-            seconds = time.perf_counter() - t0
-            sample.mark_done(block, {"seconds": seconds, "started_at": started, "rank": rank,
-                                     "host": socket.gethostname(), "device": str(device), "precision": precision,
-                                     "batch_size": batch_size, "showers_per_s": (stop - start) / seconds})
-            if not progress:
-                print(f"generate: rank {rank} block {block} ({start}-{stop}) {(stop - start) / seconds:.1f} showers/s",
-                      file=sys.stderr)
+                writer.end_shard()
+            writer.end_block()
     finally:
+        writer.close()
         bar.close()
     return True

@@ -12,7 +12,9 @@ showers to float tolerance). Work goes in blocks of ``block_size`` consecutive i
 :mod:`pipeline.data.sample_store` for how ranks share them, how a re-run resumes and when the manifest is
 written. Ranks come from :mod:`pipeline.runtime.distributed` (srun, torchrun, MPI) or ``--rank/--world-size``;
 no process group is needed. On GPU the networks run under bf16 autocast (``generate.precision``), with
-``batch_size: 0`` filling the GPU, and optionally ``torch.compile``.
+``batch_size: 0`` filling the GPU, and optionally ``torch.compile`` and channels_last_3d; the noise is made
+on the device and the output is copied, compressed and written by ``generate.writer_threads`` threads
+while the device computes the next batch.
 
 Exit codes: 0 this rank's blocks are done (the rank that sees every block done writes the manifest);
 2 config, model or sample error; 75 stopped by SIGUSR1/SIGTERM after the current batch: re-run to resume.
@@ -25,6 +27,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
 
 from pipeline.config import Config, ConfigError, add_config_arguments, load_config, to_dict
 from pipeline.data import run_layout
@@ -58,7 +62,9 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
         raise ConfigError(f"--rank {rank} is not in [0, --world-size {world_size})")
     device = pick_device(env.local_rank)
     g = cfg.generate
-    sampler = load_sampler(run_layout.model_dir(cfg), device, compile=g.compile)
+    torch.backends.cudnn.benchmark = g.cudnn_benchmark and device.type == "cuda"
+    sampler = load_sampler(run_layout.model_dir(cfg), device, compile=g.compile, compile_mode=g.compile_mode,
+                           channels_last=g.channels_last)
     if sampler.geometry.name != cfg.data.geometry:
         raise ConfigError(f"data.geometry: {cfg.data.geometry}, but the model was trained on {sampler.geometry.name}")
     if g.energies_from is not None and not Path(g.energies_from).exists() and g.energies_from == cfg.evaluate.reference \
@@ -87,7 +93,7 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
         with StopSignals() as signals:
             finished = generate_blocks(sample, sampler, energies, blocks, batch_size=batch, precision=precision,
                                        device=device, rank=rank, signals=signals, pad=g.compile,
-                                       progress=rank == 0 and sys.stderr.isatty())
+                                       progress=rank == 0 and sys.stderr.isatty(), writer_threads=g.writer_threads)
         if not finished:
             sample.mark_stopped(f"signal {signals.received}", rank)
             print(f"generate: rank {rank} stopped by {signals.received}; re-run the same command to resume",

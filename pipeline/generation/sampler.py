@@ -41,8 +41,11 @@ class Sampler:
                         schedule=self.schedule, eta=self.eta)
 
 
-def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False) -> Sampler:
-    """The EMA networks of the finished run (training or distillation stage) in ``model_dir``."""
+def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False, compile_mode: str = "default",
+                 channels_last: bool = False) -> Sampler:
+    """The EMA networks of the finished run (training or distillation stage) in ``model_dir``; optionally
+    compiled with static shapes (``compile_mode`` "reduce-overhead" adds CUDA graphs) and with the U-Net
+    in channels_last_3d memory format."""
     done = run_layout.read_done(model_dir)
     if done is None:
         raise ConfigError(f"generate.model: {model_dir} has no {run_layout.DONE_FILE}: the training or distillation "
@@ -62,8 +65,11 @@ def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False
     layer_net.load_state_dict(parts["layer_net"])
     unet.load_state_dict(parts["voxel_unet"])
     layer_net, unet = layer_net.to(device).eval(), unet.to(device).eval()
+    if channels_last:
+        unet.use_channels_last()
     if compile:
-        layer_net, unet = torch.compile(layer_net, dynamic=False), torch.compile(unet, dynamic=False)
+        layer_net = torch.compile(layer_net, dynamic=False, mode=compile_mode)
+        unet = torch.compile(unet, dynamic=False, mode=compile_mode)
     info = {"model_dir": str(model_dir.resolve()), "stage": done.get("stage", 0),
             "sample_steps": done.get("sample_steps", cfg.diffusion.sample_steps), "ema": done["ema"],
             "ema_sha256": done.get("ema_sha256"), "preset": cfg.model.preset, "training_store": str(store_path)}

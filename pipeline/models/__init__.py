@@ -26,9 +26,9 @@ def build_models(cfg: ModelConfig, geometry: Geometry) -> tuple[LayerEnergyNet, 
         raise ValueError(f"geometry {geometry.name} is not regular (L, A, R); the U-Net needs ds2/ds3-like binning")
     preset = PRESETS[cfg.preset]
     shape = geometry.shape
-    layer_net = LayerEnergyNet(shape[0], preset.layer_net, dropout=cfg.dropout)
+    layer_net = LayerEnergyNet(shape[0], preset.layer_net, dropout=cfg.dropout, fp32=cfg.fp32_first_last)
     unet = VoxelUNet(shape, preset.unet, dropout=cfg.dropout, angle_downsample=cfg.angle_downsample,  # type: ignore[arg-type]
-                     checkpointing=cfg.checkpointing)
+                     checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last)
     return layer_net, unet
 
 

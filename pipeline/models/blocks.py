@@ -9,6 +9,7 @@ with rolls by even shifts (and maps them to half the shift).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,15 @@ class ScalarEmbedding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         features = fourier_features(x, self.n_features, self.max_freq)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+def in_fp32(fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
+    """``fn(*inputs)`` in float32 even inside a bf16/fp16 autocast region (for precision-critical layers)."""
+    device = inputs[0].device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):  # e.g. "meta" in pipeline.info
+        return fn(*inputs)
+    with torch.autocast(device, enabled=False):
+        return fn(*(x.float() for x in inputs))
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

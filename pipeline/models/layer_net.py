@@ -2,6 +2,8 @@
 
 ``forward(x (B, L), t (B,), cond (B,)) -> v (B, L)``; time and standardised log incident energy are
 embedded and modulate every block (adaptive LayerNorm scale/shift, zero-initialised residual branch).
+With ``fp32`` (``model.fp32_first_last``) it runs in float32 even under bf16 autocast: it is small, and
+45 layer energies need more than bf16's 8 bits of mantissa.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.models.blocks import ScalarEmbedding, zero_init
+from pipeline.models.blocks import ScalarEmbedding, in_fp32, zero_init
 from pipeline.models.presets import LayerNetSpec
 
 
@@ -30,9 +32,9 @@ class _ResMLPBlock(nn.Module):
 class LayerEnergyNet(nn.Module):
     """Residual MLP predicting v for the layer-energy diffusion."""
 
-    def __init__(self, n_layers: int, spec: LayerNetSpec, *, dropout: float = 0.0) -> None:
+    def __init__(self, n_layers: int, spec: LayerNetSpec, *, dropout: float = 0.0, fp32: bool = True) -> None:
         super().__init__()
-        self.n_layers = n_layers
+        self.n_layers, self.fp32 = n_layers, fp32
         self.time_emb = ScalarEmbedding(spec.emb_dim, max_freq=1000.0)
         self.energy_emb = ScalarEmbedding(spec.emb_dim, max_freq=100.0)
         self.inp = nn.Linear(n_layers, spec.width)
@@ -43,6 +45,9 @@ class LayerEnergyNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         if x.shape[1:] != (self.n_layers,):
             raise ValueError(f"layer input of shape {tuple(x.shape)} does not match the model's {self.n_layers} layers")
+        return in_fp32(self._forward, x, t, cond) if self.fp32 else self._forward(x, t, cond)
+
+    def _forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         emb = F.silu(self.time_emb(t) + self.energy_emb(cond))
         h = self.inp(x)
         for block in self.blocks:

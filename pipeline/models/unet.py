@@ -13,6 +13,9 @@ Upsampling repeats and crops back to the skip's exact size, so any (L, A, R) wor
 Equivariance: with circular angle padding, no angle coordinate and attention without angle position
 encoding, ``model(roll(x, k, A)) == roll(model(x), k, A)`` holds exactly (up to float rounding) for
 every shift ``k`` that is a multiple of :attr:`VoxelUNet.angle_factor` (2 for ds3 with one halving).
+
+Precision: with ``fp32_first_last`` the stem (which reads the noisy input, where the last steps of a long
+sampler move by less than bf16 resolves) and the output convolution run in float32 under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pipeline.models.blocks import (
     TransformerBlock,
     Upsample,
     group_norm,
+    in_fp32,
     zero_init,
 )
 from pipeline.models.presets import UNetSpec
@@ -68,9 +72,10 @@ class VoxelUNet(nn.Module):
     """``forward(x (B,L,A,R), t (B,), cond (B,), layers (B,L)) -> v (B,L,A,R)``."""
 
     def __init__(self, shape: Size3, spec: UNetSpec, *, dropout: float = 0.0, angle_downsample: int = 1,
-                 checkpointing: bool = False) -> None:
+                 checkpointing: bool = False, fp32_first_last: bool = True) -> None:
         super().__init__()
-        self.shape, self.checkpointing = tuple(shape), checkpointing
+        self.shape, self.checkpointing, self.fp32_first_last = tuple(shape), checkpointing, fp32_first_last
+        self.channels_last = False
         L, A, R = self.shape
         ch, emb_dim = spec.channels, spec.emb_dim
         self.sizes, strides = level_sizes(self.shape, len(ch), angle_downsample)
@@ -113,6 +118,11 @@ class VoxelUNet(nn.Module):
                 self.upsample[str(len(self.up) - 1)] = Upsample(ch[level], strides[level - 1])
         self.out_norm, self.out = group_norm(ch[0]), zero_init(CylConv3d(ch[0], 1))
 
+    def use_channels_last(self, enabled: bool = True) -> "VoxelUNet":
+        """Run the convolutions on channels_last_3d tensors (faster cuDNN kernels on GPUs; same results)."""
+        self.channels_last = enabled
+        return self.to(memory_format=torch.channels_last_3d if enabled else torch.contiguous_format)
+
     def _call(self, block: nn.Module, *args: object) -> Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
@@ -125,7 +135,9 @@ class VoxelUNet(nn.Module):
         emb = F.silu(self.time_emb(t) + self.energy_emb(cond) + self.layer_emb(layers.to(x.dtype)))
         h = torch.cat([x[:, None], layers.to(x.dtype)[:, None, :, None, None].expand(b, 1, L, A, R),
                        self.coords.to(x.dtype).expand(b, 2, L, A, R)], dim=1)
-        h = self.stem(h)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last_3d)
+        h = in_fp32(self.stem, h) if self.fp32_first_last else self.stem(h)
         skips = [h]
         for block in self.down:
             h = self._call(block, h, emb)
@@ -136,4 +148,5 @@ class VoxelUNet(nn.Module):
             h = self._call(block, torch.cat([h, skips.pop()], dim=1), emb)
             if str(i) in self.upsample:
                 h = self._call(self.upsample[str(i)], h, tuple(skips[-1].shape[2:]))
-        return self.out(F.silu(self.out_norm(h)))[:, 0]
+        h = F.silu(self.out_norm(h))
+        return (in_fp32(self.out, h) if self.fp32_first_last else self.out(h))[:, 0]

@@ -35,8 +35,12 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """One update from the trained ``model`` (same architecture as the copy)."""
         weight = 1.0 - self.current_decay()
-        for ema_p, p in zip(self.module.parameters(), model.parameters(), strict=True):
-            ema_p.lerp_(p.detach().to(ema_p.dtype), weight)
+        ema_params, params = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        if len(ema_params) != len(params):
+            raise ValueError(f"EMA of {len(ema_params)} tensors updated from a model with {len(params)}")
+        if any(p.dtype != e.dtype for p, e in zip(params, ema_params)):
+            params = [p.to(e.dtype) for p, e in zip(params, ema_params)]
+        torch._foreach_lerp_(ema_params, params, weight)  # one fused update instead of a launch per tensor
         for ema_b, b in zip(self.module.buffers(), model.buffers(), strict=True):
             ema_b.copy_(b)
         self.updates += 1

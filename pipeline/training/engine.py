@@ -1,8 +1,9 @@
 """The DeepSpeed engine of training: one engine and one optimiser over both networks
 (:class:`pipeline.training.pairs.DiffusionPair`), AdamW, warm-up + cosine schedule.
 
-- The optimiser is a client ``torch.optim.AdamW`` (no FusedAdam compilation), weight decay on matrices
-  and convolution kernels only; ZeRO stage 1 or 2 partitions its state over the ranks.
+- The optimiser is a client ``torch.optim.AdamW`` (its fused CUDA kernel on GPUs, ``train.fused_optimizer``;
+  no DeepSpeed op compilation), weight decay on matrices and convolution kernels only; ZeRO stage 1 or 2
+  partitions its state over the ranks.
 - Precision (:mod:`pipeline.runtime.precision`): ``bf16`` runs the forward pass under autocast while the
   weights, the gradients, their all-reduce and the optimiser stay fp32 (fp32 master weights).
 - Learning rate (:func:`lr_factor`): linear warm-up over ``warmup_steps``, then a cosine decay to
@@ -66,7 +67,9 @@ def build_engine(cfg: Config, model: DiffusionPair, world_size: int, device: tor
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     t = cfg.train
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps)
+    fused = t.fused_optimizer and device.type == "cuda"  # one kernel launch for all tensors
+    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
+                                  fused=fused or None)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lambda opt: LambdaLR(opt, lambda s: lr_factor(s, t)),
         config=deepspeed_config(cfg, world_size, device), dist_init_required=False,

@@ -4,7 +4,9 @@ group started).
 Per optimiser step: ``grad_accum`` micro-batches (preprocess, forward under autocast, backward), one
 all-reduce of ``[loss, layer, voxel, signal, checkpoint-due, time-limit-due]`` so that every rank takes the
 same decisions (a non-finite sum stops the run before the update is applied), the DeepSpeed step, the
-EMA update, then logging, validation and checkpoints as due.
+EMA update, then logging, validation and checkpoints as due. That all-reduce is the step's only wait for
+the host: losses are summed on the device, the EMA is one fused update, the gradient norm is read only
+when a log row is written.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class Trainer:
 
         torch.manual_seed(seed)  # identical initial weights on every rank
         layer_net, unet = build_models(cfg.model, store.geometry)
+        unet.use_channels_last(self.t.channels_last)
+        torch.backends.cudnn.benchmark = cuda and self.t.cudnn_benchmark
         schedule = CosineSchedule.from_config(cfg.diffusion)
         model = DiffusionPair(layer_net, unet, schedule).to(self.device)
         if teacher is not None:
@@ -165,7 +169,7 @@ class Trainer:
             minutes = (time.monotonic() - last_ckpt) / 60
             due_ckpt = t.checkpoint_every_minutes > 0 and minutes >= t.checkpoint_every_minutes
             flags = [signals.received is not None, due_ckpt, self._near_time_limit(step_times)]
-            stats = self._all_reduce(torch.cat([local, torch.tensor(flags, dtype=torch.float64)]))
+            stats = self._all_reduce(torch.cat([local, torch.tensor(flags, dtype=torch.float64, device=self.device)]))
             losses = stats[:3] / (self.env.world_size * t.grad_accum)
             if not torch.isfinite(losses).all():
                 return self._nonfinite(log, losses)
@@ -211,7 +215,7 @@ class Trainer:
         DeepSpeed counts micro-batches in ``engine.step()``: it is called after every backward but the last
         here; the caller makes the last call (the accumulation boundary, which applies the update).
         """
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # stays on the device: no host sync
         for micro in range(self.t.grad_accum):
             if micro:
                 self.engine.step()  # not a boundary: DeepSpeed only accumulates
@@ -221,7 +225,7 @@ class Trainer:
             with autocast(self.precision, self.device):
                 out = self.engine(p.layers, p.voxels, p.cond, generator=self.noise)
             self.engine.backward(out["loss"])
-            sums += torch.stack([out["loss"], out["layer"], out["voxel"]]).detach().double().cpu()
+            sums += torch.stack([out["loss"], out["layer"], out["voxel"]]).detach().double()
         return sums
 
     def _near_time_limit(self, step_times: list[float]) -> bool:
