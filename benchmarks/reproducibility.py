@@ -145,7 +145,7 @@ def main() -> None:
                 rows.append({"what": f"batch {split} vs 6", "run": name, "dtype": dtype, "eta": eta,
                              **differences(whole, arrays[f"{dtype}/{eta}/6"], threshold)})
             elif name != first:
-                note = " (noise differs in the last bits)" if "default" in name else ""
+                note = " (noise differs in the last bits)" if noise[name] > 0 else ""
                 rows.append({"what": f"kernels vs {first}{note}", "run": name, "dtype": dtype, "eta": eta,
                              **differences(whole, runs[first][key], threshold)})
     print(f"{args.geometry}, tiny preset with random weights, {args.steps} DDIM steps, 6 showers, "

@@ -65,7 +65,7 @@ def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEne
 
     def finished(block: int, info: dict[str, Any]) -> None:
         start, stop = sample.rows(block)
-        seconds = time.perf_counter() - info.pop("t0")
+        seconds = info.pop("finished") - info.pop("t0")
         sample.mark_done(block, {"seconds": seconds, **info, "showers_per_s": (stop - start) / seconds})
         if not progress:
             print(f"generate: rank {rank} block {block} ({start}-{stop}) {(stop - start) / seconds:.1f} showers/s",

@@ -14,6 +14,7 @@ every write happens in the calling thread, with identical bytes on disk.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,7 +53,9 @@ def to_host(showers: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | Non
 
 
 class ShardWriter:
-    """Writes whole shards of ``sample`` on ``threads`` worker threads (0: in the caller) and marks blocks."""
+    """Writes whole shards of ``sample`` on ``threads`` worker threads (0: in the caller) and marks blocks:
+    ``on_block(block, info)`` gets the ``info`` given to :meth:`begin_block` plus ``finished``, the
+    ``time.perf_counter()`` at which its last shard was written."""
 
     def __init__(self, sample: SampleStore, threads: int, on_block: Callable[[int, dict[str, Any]], None]) -> None:
         self.sample, self.on_block = sample, on_block
@@ -74,6 +77,7 @@ class ShardWriter:
         start = self.shard[0]  # type: ignore[index]
         data, ready = to_host(showers)
         self.parts.append(_HostBatch(slice(first_row - start, first_row - start + len(showers)), data, ready))
+        self.poll()  # mark blocks as soon as their last shard is on disk
 
     def end_shard(self) -> None:
         """The current shard is complete: write it (on a worker when there are any; waits for a free slot)."""
@@ -96,7 +100,8 @@ class ShardWriter:
         self.poll()
 
     # --------------------------------------------------------------- the writers
-    def _write(self, start: int, stop: int, energies: np.ndarray, parts: list[_HostBatch]) -> None:
+    def _write(self, start: int, stop: int, energies: np.ndarray, parts: list[_HostBatch]) -> float:
+        """Assemble and write one shard; returns when it finished (``time.perf_counter``)."""
         try:
             out = np.empty((stop - start, *self.sample.store.showers.shape[1:]), dtype=np.float32)
             for part in parts:
@@ -104,6 +109,7 @@ class ShardWriter:
                     part.ready.synchronize()
                 out[part.rows] = part.data.numpy()
             self.sample.write(start, out, energies)
+            return time.perf_counter()
         finally:
             self.slots.release()
 
@@ -118,7 +124,7 @@ class ShardWriter:
             if not head.complete or not all(f.done() for f in head.writes):
                 return
             self.blocks.popleft()
-            self.on_block(head.block, head.info)
+            self.on_block(head.block, {**head.info, "finished": max(f.result() for f in head.writes)})
 
     def close(self) -> None:
         """Wait for every shard handed over, mark the blocks they complete, stop the workers."""

@@ -83,7 +83,10 @@ class VoxelUNet(nn.Module):
         self.time_emb = ScalarEmbedding(emb_dim, max_freq=1000.0)
         self.energy_emb = ScalarEmbedding(emb_dim, max_freq=100.0)
         self.layer_emb = nn.Sequential(nn.Linear(L, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        coords = torch.stack(torch.meshgrid(torch.linspace(-1, 1, L), torch.linspace(-1, 1, R), indexing="ij"))
+        def axis(n: int) -> torch.Tensor:  # -1 .. 1 by exact float64 arithmetic: the same bits on every CPU and GPU
+            return (torch.arange(n, dtype=torch.float64) * 2 / max(n - 1, 1) - 1).float()  # (linspace's are not)
+
+        coords = torch.stack(torch.meshgrid(axis(L), axis(R), indexing="ij"))
         self.register_buffer("coords", coords[None, :, :, None, :], persistent=False)  # (1, 2, L, 1, R)
         self.stem = CylConv3d(4, ch[0])
 
