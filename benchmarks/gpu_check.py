@@ -9,8 +9,8 @@ Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md``:
 - noise: ds3 showers/s of :class:`pipeline.diffusion.NoiseSource` on the device, and the largest difference
   between the device's noise and the CPU's for the same seeds (the integers are identical; only
   ``log``/``cos``/``sin`` rounding may differ);
-- generation, per preset x {1, 8} steps x torch.compile off/on: ms per ds3 shower end to end through
-  :class:`pipeline.generation.sampler.Sampler` (noise, layer and voxel networks, inverse preprocessing)
+- generation, per preset x {1, 8} steps x torch.compile off/on (and channels_last_3d at 8 steps): ms per ds3
+  shower end to end through :class:`pipeline.generation.sampler.Sampler` (noise, layer and voxel networks, inverse preprocessing)
   and :func:`pipeline.generation.shard_writer.to_host` (copy to pinned host memory), after warm-up, at the
   batch size ``pipeline.generate`` picks (:func:`auto_batch_size`); the share of that time which is not
   the networks (the same network calls timed alone); peak memory;
@@ -111,11 +111,13 @@ def check_noise(shape: tuple[int, ...], device: torch.device, n: int) -> dict[st
             "max_abs_diff_vs_cpu": float((z.cpu() - cpu).abs().max())}
 
 
-def build_sampler(store: ShowerStore, preset: str, steps: int, device: torch.device, compiled: bool) -> Sampler:
+def build_sampler(store: ShowerStore, preset: str, steps: int, device: torch.device, compiled: bool,
+                  channels_last: bool = False) -> Sampler:
     torch.manual_seed(0)
     cfg = Config()
     cfg.model.preset = preset  # type: ignore[assignment]
     layer_net, unet = (m.to(device).eval() for m in build_models(cfg.model, store.geometry))
+    unet.use_channels_last(channels_last)
     if compiled:
         layer_net, unet = torch.compile(layer_net, dynamic=False), torch.compile(unet, dynamic=False)
     return Sampler(layer_net, unet, Preprocessor(store.stats, store.geometry).to(device), CosineSchedule(), steps,
@@ -233,8 +235,11 @@ def run_checks(plan: Plan, device: torch.device, budget_s: float, tmp: Path) -> 
                 def measure(steps: int = steps, sampler: Sampler = sampler, batch: int = batch) -> dict:
                     sampler.steps = steps
                     return check_generation(sampler, batch, device, precision, plan.repeats)
-                attempt(report["generation"], {"preset": preset, "steps": steps, "compile": compiled}, deadline,
-                        measure)
+                attempt(report["generation"], {"preset": preset, "steps": steps, "compile": compiled,
+                                               "channels_last": False}, deadline, measure)
+        sampler = build_sampler(store, preset, max(plan.steps), device, False, channels_last=True)
+        attempt(report["generation"], {"preset": preset, "steps": sampler.steps, "compile": False, "channels_last": True},
+                deadline, lambda s=sampler, b=batch: check_generation(s, b, device, precision, plan.repeats))
     for preset in plan.presets:
         attempt(report["training"], {"preset": preset}, deadline,
                 lambda p=preset: check_training(store, p, plan.train_batch[p], plan.train_steps, device, precision))
@@ -253,10 +258,10 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['precision']}; bf16 peak {env['bf16_peak_tflops']} TFLOP/s", "",
              f"Noise: {noise['showers_per_s']:.0f} showers/s on the device; largest difference from the CPU's "
              f"noise {noise['max_abs_diff_vs_cpu']:.2e}", "",
-             "| preset | steps | compile | batch | ms per shower | network ms | not network | peak GB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| preset | steps | compile | channels_last | batch | ms per shower | network ms | not network | peak GB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in report["generation"]:
-        head = f"| {r['preset']} | {r['steps']} | {'on' if r['compile'] else 'off'} |"
+        head = f"| {r['preset']} | {r['steps']} | {'on' if r['compile'] else 'off'} | {'on' if r['channels_last'] else 'off'} |"
         if "ms_per_shower" in r:
             lines.append(f"{head} {r['batch']} | {r['ms_per_shower']:.3f} | {r['network_ms_per_shower']:.3f} | "
                          f"{100 * r['not_network_share']:.1f} % | {fmt(r['peak_memory_gb'])} |")

@@ -144,6 +144,20 @@ def test_a_failing_shard_write_is_raised_and_leaves_its_block_unmarked(tmp_path,
 
 
 @pytest.mark.slow
+def test_compiled_networks_give_the_same_sample(tmp_path, model_config, reference_sample):
+    """generate.compile (torch.compile with static shapes, padded last batch; inductor's C++ backend on the CPU,
+    about a minute to compile) changes showers only to float32 tolerance; the speed-only switches change nothing."""
+    showers, energies = reference_sample
+    out = tmp_path / "compiled.zarr"
+    cfg = load_config(model_config, [f"generate.out={out}", "generate.compile=true", "generate.channels_last=true",
+                                     "generate.cudnn_benchmark=true"])
+    assert run(cfg, rank=0, world_size=1) == 0
+    c_showers, c_energies = read_sample(out)
+    np.testing.assert_array_equal(c_energies, energies)
+    assert_same_generated_showers(c_showers, showers, THRESHOLD)
+
+
+@pytest.mark.slow
 def test_batch_size_and_ranks_do_not_change_the_sample(tmp_path, model_config, reference_sample):
     showers, energies = reference_sample
     cfg = load_config(model_config, [f"generate.out={tmp_path / 'b.zarr'}", "generate.batch_size=7"])

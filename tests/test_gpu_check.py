@@ -19,7 +19,8 @@ def test_gpu_check_cpu_smoke_writes_its_report(tmp_path):
     assert report["environment"]["torch"] and report["geometry"] == "ds2"
     assert report["noise"]["showers_per_s"] > 0 and report["noise"]["max_abs_diff_vs_cpu"] == 0.0
     rows = report["generation"]
-    assert [(r["preset"], r["steps"], r["compile"]) for r in rows] == [("tiny", 1, False), ("tiny", 2, False)]
+    assert [(r["preset"], r["steps"], r["compile"], r["channels_last"]) for r in rows] == [
+        ("tiny", 1, False, False), ("tiny", 2, False, False), ("tiny", 2, False, True)]
     for r in rows:
         assert "error" not in r and r["batch"] == 4
         assert 0 < r["network_ms_per_shower"] <= r["ms_per_shower"] * 1.5 and 0 <= r["not_network_share"] < 1
@@ -27,4 +28,4 @@ def test_gpu_check_cpu_smoke_writes_its_report(tmp_path):
     (train,) = report["training"]
     assert "error" not in train and train["showers_per_s"] > 0 and train["tflops"] > 0 and train["mfu"] is None
     md = (tmp_path / "gpu_check.md").read_text()
-    assert "| tiny | 1 | off | 4 |" in md and "showers/s" in md
+    assert "| tiny | 1 | off | off | 4 |" in md and "showers/s" in md

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -276,6 +277,24 @@ def test_interrupted_runs_resume_bit_identically(tmp_path, store):
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == [tag_for(8), tag_for(10)]
     again = run_train(cfg)  # complete: nothing to do
     assert again.returncode == 0 and "already complete" in again.stderr
+
+
+@pytest.mark.slow
+def test_speed_switches_do_not_change_the_loss_curve(tmp_path, store):
+    """train.channels_last (and the GPU-only fused_optimizer / cudnn_benchmark, no-ops here) keep the losses and
+    weights of the default run to float32 tolerance."""
+    runs = {}
+    for name, extra in (("plain", {}), ("fast", {"channels_last": True, "fused_optimizer": False,
+                                                  "cudnn_benchmark": False})):
+        cfg = write_config(tmp_path / f"{name}.yaml", store, tmp_path / name, max_steps=4, val_every_steps=0, **extra)
+        proc = run_train(cfg, **ONE_THREAD)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = tmp_path / name
+    plain, fast = (np.array([float(r["loss"]) for r in metrics(runs[n])]) for n in ("plain", "fast"))
+    assert len(plain) == 4 and np.allclose(fast, plain, rtol=1e-4, atol=0)
+    for a, b in zip(final_weights(runs["plain"]), final_weights(runs["fast"])):
+        for key in a:
+            torch.testing.assert_close(b[key].contiguous(), a[key], rtol=1e-3, atol=1e-5, msg=key)
 
 
 def _interrupt_and_resume(cfg: Path, run: Path) -> None:

@@ -156,7 +156,7 @@ class TrainConfig:
     eval_sample_steps: int = 0  # its DDIM steps; 0: the run's diffusion.sample_steps
     eval_bins: int = 20  # histogram bins of its separation powers
     fused_optimizer: bool = True  # fused AdamW kernel on GPU (one launch for all tensors; ignored on CPU)
-    channels_last: bool = False  # channels_last_3d memory format for the U-Net (GPU convolutions)
+    channels_last: bool = False  # U-Net convolutions on channels_last_3d activations (cuDNN; measure with gpu_check)
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution algorithms for the fixed shapes
 
     def check(self, path: str) -> None:
@@ -235,7 +235,7 @@ class GenerateConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False  # torch.compile the networks with static shapes (the last batch is padded)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
-    channels_last: bool = False  # channels_last_3d memory format for the U-Net (GPU convolutions)
+    channels_last: bool = False  # U-Net convolutions on channels_last_3d activations (cuDNN; measure with gpu_check)
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution algorithms for the fixed shapes
     writer_threads: int = 2  # threads that copy, compress and write shards beside the networks; 0: serial
     layout: StoreLayout = field(default_factory=StoreLayout)

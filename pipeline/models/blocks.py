@@ -77,9 +77,21 @@ class CylConv3d(nn.Module):
         self.conv = nn.Conv3d(cin, cout, kernel, stride=stride, padding=(self.pad, 0, self.pad))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.pad:  # F.pad's circular mode: same values as concatenating the wrapped slices, 22 % faster
-            x = F.pad(x, (0, 0, self.pad, self.pad, 0, 0), mode="circular")
-        return self.conv(x)
+        return self.conv(pad_angle(x, self.pad) if self.pad else x)
+
+
+def pad_angle(x: Tensor, p: int) -> Tensor:
+    """``(B, C, L, A, R)`` -> ``(B, C, L, A + 2p, R)``, wrapped around the angle, in ``x``'s memory format
+    (channels_last_3d stays channels_last_3d). One allocation and three copies: 22 % faster than
+    concatenating the wrapped slices, as fast as ``F.pad(mode="circular")``, which returns contiguous tensors."""
+    b, c, L, A, R = x.shape
+    channels_last = c > 1 and x.is_contiguous(memory_format=torch.channels_last_3d)
+    out = torch.empty((b, c, L, A + 2 * p, R), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    out[:, :, :, p:A + p] = x
+    out[:, :, :, :p] = x[:, :, :, A - p:]
+    out[:, :, :, A + p:] = x[:, :, :, :p]
+    return out
 
 
 class ResBlock(nn.Module):

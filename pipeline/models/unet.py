@@ -122,9 +122,10 @@ class VoxelUNet(nn.Module):
         self.out_norm, self.out = group_norm(ch[0]), zero_init(CylConv3d(ch[0], 1))
 
     def use_channels_last(self, enabled: bool = True) -> "VoxelUNet":
-        """Run the convolutions on channels_last_3d tensors (faster cuDNN kernels on GPUs; same results)."""
+        """Run the convolutions on channels_last_3d activations (cuDNN then picks its channels-last kernels; same
+        results). The weights keep their layout: DeepSpeed views parameters as contiguous bytes."""
         self.channels_last = enabled
-        return self.to(memory_format=torch.channels_last_3d if enabled else torch.contiguous_format)
+        return self
 
     def _call(self, block: nn.Module, *args: object) -> Tensor:
         if self.checkpointing and self.training and torch.is_grad_enabled():
