@@ -21,7 +21,7 @@ $(STAMP): requirements-cpu.txt setup.cfg pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo --config $(CONFIG)
+	$(BIN)/python -m pipeline.demo --config $(CONFIG) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests

@@ -1,4 +1,5 @@
-"""One command for a GPU node: generation and training speed of every preset, through the project's real code.
+"""One command for a GPU node: generation and training speed of every model (voxel backbone x preset), through
+the project's real code.
 
     python benchmarks/gpu_check.py --out DIR                 # one GPU, at most ~8 minutes (--budget-s)
     python benchmarks/gpu_check.py --out DIR --cpu-smoke     # the same code paths on tiny shapes, CPU, < 1 min
@@ -9,17 +10,19 @@ Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md``:
 - noise: ds3 showers/s of :class:`pipeline.diffusion.NoiseSource` on the device, and the largest difference
   between the device's noise and the CPU's for the same seeds (the integers are identical; only
   ``log``/``cos``/``sin`` rounding may differ);
-- generation, per preset x {1, 8} steps x torch.compile off/on (and channels_last_3d at 8 steps): ms per ds3
+- generation, per model (U-Net and transformer, base and large) x {1, 8} steps x torch.compile off/on (and
+  channels_last_3d at 8 steps): ms per ds3
   shower end to end through :class:`pipeline.generation.sampler.Sampler` (noise, layer and voxel networks, inverse preprocessing)
   and :func:`pipeline.generation.shard_writer.to_host` (copy to pinned host memory), after warm-up, at the
   batch size ``pipeline.generate`` picks (:func:`auto_batch_size`); the share of that time which is not
   the networks (the same network calls timed alone); peak memory;
-- training, per preset: showers/s through the real DeepSpeed engine (:func:`build_engine`, ZeRO-2, bf16
+- training, per model: showers/s through the real DeepSpeed engine (:func:`build_engine`, ZeRO-2, bf16
   autocast with fp32 master weights, fused AdamW, the EMA update), achieved TFLOP/s (3 x forward FLOPs
   of both networks, :func:`pipeline.tools.info.model_info`), MFU against the bf16 peak, peak memory.
 
 Weights are random (speed does not depend on training); preprocessing statistics come from a small
-stand-in store. An item that fails (e.g. out of memory) or does not fit the time budget is recorded as such.
+stand-in store. An item that fails (e.g. out of memory) or does not fit the time budget is recorded as such;
+the compiled runs come last (their compilation is the slowest part).
 """
 
 from __future__ import annotations
@@ -61,17 +64,27 @@ BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0,
 @dataclass
 class Plan:
     geometry: str
-    presets: list[str]
+    models: list[str]  # "backbone:preset"
     steps: list[int]
-    compile: list[bool]
+    compile: bool  # also measure torch.compile'd generation
     train_batch: dict[str, int]
     train_steps: int
     batch_cap: int
     repeats: int
 
 
-GPU_PLAN = Plan("ds3", ["base", "large"], [1, 8], [False, True], {"base": 32, "large": 16}, 10, 1024, 3)
-CPU_SMOKE_PLAN = Plan("ds2", ["tiny"], [1, 2], [False], {"tiny": 4}, 2, 4, 1)
+GPU_PLAN = Plan("ds3", ["unet:base", "transformer:base", "unet:large", "transformer:large"], [1, 8], True,
+                {"unet:base": 32, "transformer:base": 32, "unet:large": 16, "transformer:large": 16}, 10, 1024, 3)
+CPU_SMOKE_PLAN = Plan("ds2", ["unet:tiny", "transformer:tiny"], [1, 2], False,
+                      {"unet:tiny": 4, "transformer:tiny": 4}, 2, 4, 1)
+
+
+def model_config(model: str) -> Config:
+    """A config for ``model`` = "backbone:preset"."""
+    cfg = Config()
+    cfg.model.backbone, cfg.model.preset = model.split(":")  # type: ignore[assignment]
+    cfg.model.checkpointing = cfg.model.preset == "large"
+    return cfg
 
 
 def sync(device: torch.device) -> None:
@@ -111,12 +124,10 @@ def check_noise(shape: tuple[int, ...], device: torch.device, n: int) -> dict[st
             "max_abs_diff_vs_cpu": float((z.cpu() - cpu).abs().max())}
 
 
-def build_sampler(store: ShowerStore, preset: str, steps: int, device: torch.device, compiled: bool,
+def build_sampler(store: ShowerStore, model: str, steps: int, device: torch.device, compiled: bool,
                   channels_last: bool = False) -> Sampler:
     torch.manual_seed(0)
-    cfg = Config()
-    cfg.model.preset = preset  # type: ignore[assignment]
-    layer_net, unet = (m.to(device).eval() for m in build_models(cfg.model, store.geometry))
+    layer_net, unet = (m.to(device).eval() for m in build_models(model_config(model).model, store.geometry))
     unet.use_channels_last(channels_last)
     if compiled:
         layer_net, unet = torch.compile(layer_net, dynamic=False), torch.compile(unet, dynamic=False)
@@ -168,16 +179,15 @@ def check_generation(sampler: Sampler, batch: int, device: torch.device, precisi
             "not_network_share": max(0.0, 1 - nets / total), "peak_memory_gb": peak_memory_gb(device)}
 
 
-def check_training(store: ShowerStore, preset: str, batch: int, steps: int, device: torch.device,
+def check_training(store: ShowerStore, model_name: str, batch: int, steps: int, device: torch.device,
                    precision: str) -> dict[str, Any]:
     """Showers/s, TFLOP/s and memory of DeepSpeed training steps (ZeRO-2, one rank) with the EMA update."""
     from pipeline.training.ema import EMA
     from pipeline.training.engine import build_engine
     from pipeline.training.pairs import DiffusionPair
 
-    cfg = Config()
-    cfg.data.geometry, cfg.model.preset, cfg.data.batch_size = store.geometry.name, preset, batch  # type: ignore
-    cfg.model.checkpointing = preset == "large"
+    cfg = model_config(model_name)
+    cfg.data.geometry, cfg.data.batch_size = store.geometry.name, batch  # type: ignore[assignment]
     torch.manual_seed(0)
     layer_net, unet = build_models(cfg.model, store.geometry)
     model = DiffusionPair(layer_net, unet, CosineSchedule()).to(device)
@@ -227,22 +237,30 @@ def run_checks(plan: Plan, device: torch.device, budget_s: float, tmp: Path) -> 
                               "generation": [], "training": []}
     store = stats_store(plan.geometry, tmp)
     report["noise"] = check_noise(store.geometry.shape, device, 256 if device.type == "cuda" else 8)
-    for preset in plan.presets:
-        batch = auto_batch_size(build_sampler(store, preset, 1, device, False), device, precision, plan.batch_cap)
-        for compiled in plan.compile:
-            sampler = build_sampler(store, preset, 1, device, compiled)  # compiled once per preset, for this batch
-            for steps in plan.steps:
-                def measure(steps: int = steps, sampler: Sampler = sampler, batch: int = batch) -> dict:
-                    sampler.steps = steps
-                    return check_generation(sampler, batch, device, precision, plan.repeats)
-                attempt(report["generation"], {"preset": preset, "steps": steps, "compile": compiled,
-                                               "channels_last": False}, deadline, measure)
-        sampler = build_sampler(store, preset, max(plan.steps), device, False, channels_last=True)
-        attempt(report["generation"], {"preset": preset, "steps": sampler.steps, "compile": False, "channels_last": True},
-                deadline, lambda s=sampler, b=batch: check_generation(s, b, device, precision, plan.repeats))
-    for preset in plan.presets:
-        attempt(report["training"], {"preset": preset}, deadline,
-                lambda p=preset: check_training(store, p, plan.train_batch[p], plan.train_steps, device, precision))
+    batches = {}
+    for model in plan.models:  # uncompiled first: every model gets its numbers before any compilation
+        sampler = build_sampler(store, model, 1, device, False)
+        batches[model] = batch = auto_batch_size(sampler, device, precision, plan.batch_cap)
+        for steps in plan.steps:
+            def measure(steps: int = steps, sampler: Sampler = sampler, batch: int = batch) -> dict:
+                sampler.steps = steps
+                return check_generation(sampler, batch, device, precision, plan.repeats)
+            attempt(report["generation"], {"model": model, "steps": steps, "compile": False, "channels_last": False},
+                    deadline, measure)
+        fast = build_sampler(store, model, max(plan.steps), device, False, channels_last=True)
+        attempt(report["generation"], {"model": model, "steps": fast.steps, "compile": False, "channels_last": True},
+                deadline, lambda s=fast, b=batch: check_generation(s, b, device, precision, plan.repeats))
+    for model in plan.models:
+        attempt(report["training"], {"model": model}, deadline,
+                lambda m=model: check_training(store, m, plan.train_batch[m], plan.train_steps, device, precision))
+    for model in plan.models if plan.compile else []:
+        sampler = build_sampler(store, model, 1, device, True)  # compiled once per model, for its batch size
+        for steps in plan.steps:
+            def measure_compiled(steps: int = steps, sampler: Sampler = sampler, batch: int = batches[model]) -> dict:
+                sampler.steps = steps
+                return check_generation(sampler, batch, device, precision, plan.repeats)
+            attempt(report["generation"], {"model": model, "steps": steps, "compile": True, "channels_last": False},
+                    deadline, measure_compiled)
     peak = report["environment"]["bf16_peak_tflops"]
     for row in report["training"]:
         if "tflops" in row:
@@ -258,23 +276,23 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['precision']}; bf16 peak {env['bf16_peak_tflops']} TFLOP/s", "",
              f"Noise: {noise['showers_per_s']:.0f} showers/s on the device; largest difference from the CPU's "
              f"noise {noise['max_abs_diff_vs_cpu']:.2e}", "",
-             "| preset | steps | compile | channels_last | batch | ms per shower | network ms | not network | peak GB |",
+             "| model | steps | compile | channels_last | batch | ms per shower | network ms | not network | peak GB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["generation"]:
-        head = f"| {r['preset']} | {r['steps']} | {'on' if r['compile'] else 'off'} | {'on' if r['channels_last'] else 'off'} |"
+        head = f"| {r['model']} | {r['steps']} | {'on' if r['compile'] else 'off'} | {'on' if r['channels_last'] else 'off'} |"
         if "ms_per_shower" in r:
             lines.append(f"{head} {r['batch']} | {r['ms_per_shower']:.3f} | {r['network_ms_per_shower']:.3f} | "
                          f"{100 * r['not_network_share']:.1f} % | {fmt(r['peak_memory_gb'])} |")
         else:
             lines.append(f"{head} {r.get('error') or r.get('skipped')} | | | | |")
-    lines += ["", "| preset | batch | showers/s | TFLOP/s | MFU | peak GB |", "|---|---|---|---|---|---|"]
+    lines += ["", "| model | batch | showers/s | TFLOP/s | MFU | peak GB |", "|---|---|---|---|---|---|"]
     for r in report["training"]:
         if "showers_per_s" in r:
             mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
-            lines.append(f"| {r['preset']} | {r['batch']} | {r['showers_per_s']:.1f} | {r['tflops']:.2f} | {mfu} | "
+            lines.append(f"| {r['model']} | {r['batch']} | {r['showers_per_s']:.1f} | {r['tflops']:.2f} | {mfu} | "
                          f"{fmt(r['peak_memory_gb'])} |")
         else:
-            lines.append(f"| {r['preset']} | {r.get('error') or r.get('skipped')} | | | | |")
+            lines.append(f"| {r['model']} | {r.get('error') or r.get('skipped')} | | | | |")
     return "\n".join(lines) + "\n"
 
 

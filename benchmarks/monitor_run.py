@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/monitor_run.py [--showers 4096] [--steps 400] [--every 50] [--monitor 256]
                                                [--sample-steps 16] [--work DIR] [--plot docs/monitor_curve.png]
+                                               [--backbone unet|transformer] [--time-limit H:MM:SS]
 
 Simulates stand-in ds2 showers, converts them, trains the tiny preset with ``python -m pipeline.train``
-(one process, the CPU) with ``train.eval_every_steps`` / ``eval_showers`` / ``eval_sample_steps`` set,
+(one process, the CPU; ``--time-limit`` ends it after a wall-clock budget, for comparisons at equal CPU time)
+with ``train.eval_every_steps`` / ``eval_showers`` / ``eval_sample_steps`` set,
 then prints the monitor's rows (``logs/monitor.csv``) as a markdown table, the monitor's share of the
 run's wall time, and plots the separation powers against their noise floors.
 """
@@ -45,6 +47,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--work", type=Path)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--backbone", default="unet", choices=["unet", "transformer"])
+    p.add_argument("--time-limit", help="stop training after this wall time (pipeline.train --time-limit)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -58,19 +62,22 @@ def main() -> None:
             "run": {"dir": str(work / "run"), "seed": 1},
             "data": {"geometry": "ds2", "inputs": [str(work / "standin.hdf5")], "store": str(work / "store.zarr"),
                      "batch_size": args.batch, "shuffle_chunks": 8, "num_workers": 1},
-            "model": {"preset": "tiny"}, "diffusion": {"sample_steps": args.sample_steps},
+            "model": {"preset": "tiny", "backbone": args.backbone}, "diffusion": {"sample_steps": args.sample_steps},
             "distill": {"final_steps": args.sample_steps},
             "train": {"max_steps": args.steps, "lr": 1e-3, "warmup_steps": 20, "checkpoint_every_steps": 0,
                       "checkpoint_every_minutes": 0, "val_every_steps": 0, "log_every_steps": 10,
                       "ema_decay": 0.99, "eval_every_steps": args.every, "eval_showers": args.monitor},
         }))
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline.train", "--config", str(cfg)], check=True, cwd=ROOT)
+        limit = ["--time-limit", args.time_limit] if args.time_limit else []
+        code = subprocess.run([sys.executable, "-m", "pipeline.train", "--config", str(cfg), *limit], cwd=ROOT).returncode
+        if code not in (0, 75):  # 75: stopped at the time limit, as asked
+            raise SystemExit(f"pipeline.train failed with exit code {code}")
         wall = time.perf_counter() - t0
         with open(work / "run" / "logs" / "monitor.csv", newline="") as f:
             rows = list(csv.DictReader(f))
     spent = sum(float(r["monitor_seconds"]) for r in rows)
-    print(f"ds2 tiny, {args.showers} stand-in showers, batch {args.batch}, {args.steps} steps, monitor every "
+    print(f"ds2 tiny {args.backbone}, {args.showers} stand-in showers, batch {args.batch}, {args.steps} steps, monitor every "
           f"{args.every} steps on {args.monitor} validation showers with {args.sample_steps} DDIM steps: "
           f"run {wall:.0f} s, monitor {spent:.0f} s ({100 * spent / wall:.1f} %)\n")
     print("| step | E_tot/E_inc (floor) | layer energies (floor) | width x (floor) | sparsity (floor) | FPD | KPD "

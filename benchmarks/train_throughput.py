@@ -1,6 +1,6 @@
 """Training throughput of pipeline.train on CPU: 1 process vs 2 processes (torchrun, gloo, ZeRO-2).
 
-    .venv/bin/python benchmarks/train_throughput.py [--geometry ds3] [--preset tiny] [--global-batch 8]
+    .venv/bin/python benchmarks/train_throughput.py [--geometry ds3] [--preset tiny] [--backbone unet] [--global-batch 8]
                                                     [--steps 10] [--warmup 3] [--procs 1 2]
 
 Simulates stand-in showers into a temporary store, runs ``python -m pipeline.train`` for ``--steps``
@@ -62,6 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--geometry", default="ds3", choices=["ds2", "ds3"])
     p.add_argument("--preset", default="tiny", choices=["tiny", "base", "large"])
+    p.add_argument("--backbone", default="unet", choices=["unet", "transformer"])
     p.add_argument("--global-batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -77,14 +78,15 @@ def main() -> None:
                         validation_fraction=0.1, progress=False)
         overrides = {"data": {"geometry": args.geometry, "inputs": ["unused.hdf5"], "store": str(store),
                               "batch_size": args.global_batch, "num_workers": 1, "shuffle_chunks": 8},
-                     "model": {"preset": args.preset},
+                     "model": {"preset": args.preset, "backbone": args.backbone},
                      "train": {"max_steps": args.warmup + args.steps, "warmup_steps": 1, "val_every_steps": 0,
                                "checkpoint_every_steps": 0, "checkpoint_every_minutes": 0, "log_every_steps": 1}}
-        cfg = load_config(None, ["data.inputs=[x]", f"data.geometry={args.geometry}", f"model.preset={args.preset}"])
+        cfg = load_config(None, ["data.inputs=[x]", f"data.geometry={args.geometry}", f"model.preset={args.preset}",
+                                 f"model.backbone={args.backbone}"])
         info = model_info(cfg)
         flops_per_shower = 3 * sum(d["flops"] for d in info.values())
         peak = matmul_peak_gflops()
-        print(f"# {args.geometry}, preset {args.preset}, global batch {args.global_batch}, {args.steps} timed steps "
+        print(f"# {args.geometry}, preset {args.preset}, {args.backbone}, global batch {args.global_batch}, {args.steps} timed steps "
               f"after {args.warmup}; {cores} cores; fp32 matmul peak {peak:.1f} GFLOP/s; "
               f"{flops_per_shower / 1e9:.3f} GFLOP per shower per training step\n")
         print("| processes | threads each | showers/s | step time (s) | GFLOP/s | of matmul peak | wall (s) |")

@@ -16,15 +16,18 @@ from pipeline.data.stream import ShowerStream
 from pipeline.diffusion import (
     CosineSchedule,
     NoiseSource,
+    as_v,
     ddim_step,
     diffuse,
     distillation_target,
     predict_x_eps,
+    prediction_loss,
     sample,
     synthesize,
     time_grid,
     training_losses,
 )
+from pipeline.diffusion.schedule import X_LOSS_MIN_SIGMA
 from pipeline.models import build_models
 from pipeline.physics.geometry import load_geometry
 from pipeline.physics.preprocessing import Preprocessor
@@ -45,6 +48,15 @@ def exact_v(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     x_mean = MU + alpha * S**2 * (z - alpha * MU) / var
     eps_mean = sigma * (z - alpha * MU) / var
     return alpha * eps_mean - sigma * x_mean
+
+
+def exact_x(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The same exact denoiser as an x-prediction: E[x | z_t] = alpha z - sigma v."""
+    alpha, sigma = SCHEDULE.alpha_sigma(t, like=z)
+    return alpha * z - sigma * exact_v(z, t)
+
+
+EXACT = {"v": exact_v, "x": exact_x}
 
 
 def test_schedule_properties():
@@ -74,36 +86,62 @@ def test_v_loss_is_snr_plus_one_weighted_x_loss():
     torch.testing.assert_close((guess - v) ** 2, (1 + 1 / snr) * (eps_hat - noise) ** 2)
 
 
+def test_x_prediction_loss_is_the_v_loss_with_a_floor():
+    gen = torch.Generator().manual_seed(0)
+    x, noise, guess = (torch.randn(256, 5, generator=gen, dtype=torch.float64) for _ in range(3))
+    t = torch.rand(256, generator=gen, dtype=torch.float64)
+    z, v = diffuse(SCHEDULE, x, t, noise)
+    alpha, sigma = SCHEDULE.alpha_sigma(t, like=z)
+    x_guess = alpha * z - sigma * guess  # the x-prediction that means the v-prediction ``guess``
+    torch.testing.assert_close(as_v(lambda zz, tt: x_guess, SCHEDULE, "x")(z, t), guess)
+    v_loss_ = prediction_loss(guess, z, v, t, SCHEDULE, "v")
+    x_loss = prediction_loss(x_guess, z, v, t, SCHEDULE, "x")
+    big = sigma[:, 0] >= X_LOSS_MIN_SIGMA
+    assert 0 < (~big).sum() < big.sum()
+    torch.testing.assert_close(x_loss[big], v_loss_[big].float())
+    floor = (sigma[:, 0] / X_LOSS_MIN_SIGMA) ** 2  # below the floor the x error weighs 1 / floor^2, not 1 / sigma^2
+    torch.testing.assert_close(x_loss[~big], (v_loss_ * floor)[~big].float())
+
+
+@pytest.mark.parametrize("prediction", ["v", "x"])
 @pytest.mark.parametrize("eta,steps", [(0.0, 256), (1.0, 512)])
-def test_sampler_recovers_toy_distribution(eta, steps):
+def test_sampler_recovers_toy_distribution(eta, steps, prediction):
     """Exact model in the sampler. Both samplers are first order: on this toy the std comes out low by
     3.4% at 64 DDIM steps and 1% at 256 (for unit-variance data by 1 - cos(pi / 2N)^N ~ 1.9% at N = 64),
     hence the step counts."""
     n = 20000
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(n, 1, generator=gen, dtype=torch.float64)
-    x = sample(exact_v, z, SCHEDULE, steps, eta=eta,
+    x = sample(as_v(EXACT[prediction], SCHEDULE, prediction), z, SCHEDULE, steps, eta=eta,
                step_noise=lambda i: torch.randn(n, 1, generator=gen, dtype=torch.float64))
     mean, std = float(x.mean()), float(x.std())
     assert abs(mean - MU) < 4 * S / math.sqrt(n)
     assert abs(std / S - 1) < 4 / math.sqrt(2 * n) + 0.015  # statistical + discretisation tolerance
 
 
-def test_distillation_target_matches_two_teacher_steps():
+@pytest.mark.parametrize("prediction", ["v", "x"])
+def test_distillation_target_matches_two_teacher_steps(prediction):
     n_teacher = 8
+    teacher = as_v(EXACT[prediction], SCHEDULE, prediction)
     gen = torch.Generator().manual_seed(2)
     t = 2 * torch.randint(1, n_teacher // 2 + 1, (256,), generator=gen).double() / n_teacher  # student grid
     z = torch.randn(256, 3, generator=gen, dtype=torch.float64)
-    v_student = distillation_target(exact_v, z, t, n_teacher, SCHEDULE)
+    v_student = distillation_target(teacher, z, t, n_teacher, SCHEDULE)
     z_student, _ = ddim_step(SCHEDULE, z, v_student, t, t - 2 / n_teacher)
     z_mid, _ = ddim_step(SCHEDULE, z, exact_v(z, t), t, t - 1 / n_teacher)
     z_teacher, _ = ddim_step(SCHEDULE, z_mid, exact_v(z_mid, t - 1 / n_teacher), t - 1 / n_teacher, t - 2 / n_teacher)
     torch.testing.assert_close(z_student, z_teacher, rtol=1e-9, atol=1e-9)
-    # a student that always returns the target samples in N/2 steps what the teacher samples in N
+
+    # a student that always outputs the target (in its own parameterisation) samples in N/2 steps what the
+    # teacher samples in N
+    def student(zz: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        v = distillation_target(teacher, zz, tt, n_teacher, SCHEDULE)
+        alpha, sigma = SCHEDULE.alpha_sigma(tt, like=zz)
+        return v if prediction == "v" else alpha * zz - sigma * v
+
     z1 = torch.randn(512, 1, generator=gen, dtype=torch.float64)
-    student = sample(lambda zz, tt: distillation_target(exact_v, zz, tt, n_teacher, SCHEDULE), z1, SCHEDULE,
-                     n_teacher // 2)
-    torch.testing.assert_close(student, sample(exact_v, z1, SCHEDULE, n_teacher), rtol=0, atol=1e-3)
+    students = sample(as_v(student, SCHEDULE, prediction), z1, SCHEDULE, n_teacher // 2)
+    torch.testing.assert_close(students, sample(exact_v, z1, SCHEDULE, n_teacher), rtol=0, atol=1e-3)
 
 
 def test_noise_depends_only_on_the_seed():

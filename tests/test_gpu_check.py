@@ -19,13 +19,15 @@ def test_gpu_check_cpu_smoke_writes_its_report(tmp_path):
     assert report["environment"]["torch"] and report["geometry"] == "ds2"
     assert report["noise"]["showers_per_s"] > 0 and report["noise"]["max_abs_diff_vs_cpu"] == 0.0
     rows = report["generation"]
-    assert [(r["preset"], r["steps"], r["compile"], r["channels_last"]) for r in rows] == [
-        ("tiny", 1, False, False), ("tiny", 2, False, False), ("tiny", 2, False, True)]
+    assert [(r["model"], r["steps"], r["compile"], r["channels_last"]) for r in rows] == [
+        (m, s, False, cl) for m in ("unet:tiny", "transformer:tiny") for s, cl in ((1, False), (2, False), (2, True))]
     for r in rows:
         assert "error" not in r and r["batch"] == 4
         assert 0 < r["network_ms_per_shower"] <= r["ms_per_shower"] * 1.5 and 0 <= r["not_network_share"] < 1
-    assert rows[1]["network_ms_per_shower"] > rows[0]["network_ms_per_shower"]  # two steps cost more than one
-    (train,) = report["training"]
-    assert "error" not in train and train["showers_per_s"] > 0 and train["tflops"] > 0 and train["mfu"] is None
+    for first in (0, 3):  # two steps cost more than one, for both backbones
+        assert rows[first + 1]["network_ms_per_shower"] > rows[first]["network_ms_per_shower"]
+    assert [t["model"] for t in report["training"]] == ["unet:tiny", "transformer:tiny"]
+    for train in report["training"]:
+        assert "error" not in train and train["showers_per_s"] > 0 and train["tflops"] > 0 and train["mfu"] is None
     md = (tmp_path / "gpu_check.md").read_text()
-    assert "| tiny | 1 | off | off | 4 |" in md and "showers/s" in md
+    assert "| unet:tiny | 1 | off | off | 4 |" in md and "| transformer:tiny | 2 |" in md and "showers/s" in md

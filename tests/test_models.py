@@ -112,13 +112,16 @@ def test_info_counts_parameters_and_flops(capsys):
     assert cli.COMMANDS["info"] == "pipeline.info"
     assert info.main(["--config", str(CONFIGS / "ds2.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "preset base, geometry ds2" in out and "GFLOP per shower" in out
+    assert "preset base, geometry ds2" in out and "voxel backbone unet" in out and "GFLOP per shower" in out
 
 
 @pytest.mark.parametrize("override,message", [
     ("model.preset=huge", "model.preset: expected one of ['tiny', 'base', 'large']"),
     ("model.dropout=1.5", "model.dropout: must be in [0, 1)"),
     ("model.angle_downsample=-1", "model.angle_downsample: must be >= 0"),
+    ("model.backbone=vit", "model.backbone: expected one of ['unet', 'transformer']"),
+    ("model.patch=[5,4]", "model.patch: expected three positive sizes"),
+    ("diffusion.prediction=eps", "diffusion.prediction: expected one of ['v', 'x']"),
     ("diffusion.sample_steps=0", "diffusion.sample_steps: must be >= 1"),
     ("diffusion.logsnr_min=30", "diffusion.logsnr_min: must be below logsnr_max"),
     ("diffusion.eta=2", "diffusion.eta: must be in [0, 1]"),

@@ -97,6 +97,8 @@ class ModelConfig:
     """Network sizes and options (presets in ``pipeline/models/presets.py``)."""
 
     preset: Literal["tiny", "base", "large"] = "tiny"
+    backbone: Literal["unet", "transformer"] = "unet"  # the voxel network (pipeline/models/unet.py, transformer.py)
+    patch: Optional[list[int]] = None  # transformer patch [layers, angle, radius]; default per geometry (presets.py)
     checkpointing: bool = False  # activation checkpointing of the U-Net blocks (large models)
     dropout: float = 0.0
     angle_downsample: int = 1  # at most this many angle halvings (only where the angle count is even)
@@ -107,6 +109,8 @@ class ModelConfig:
             raise ConfigError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
         if self.angle_downsample < 0:
             raise ConfigError(f"{path}.angle_downsample: must be >= 0, got {self.angle_downsample}")
+        if self.patch is not None and (len(self.patch) != 3 or min(self.patch) < 1):
+            raise ConfigError(f"{path}.patch: expected three positive sizes [layers, angle, radius], got {self.patch}")
 
 
 @dataclass
@@ -117,6 +121,7 @@ class DiffusionConfig:
     logsnr_max: float = 20.0  # log-SNR at t = 0
     sample_steps: int = 64  # DDIM steps at generation (teacher)
     eta: float = 0.0  # 0: deterministic DDIM; 1: ancestral sampling
+    prediction: Literal["v", "x"] = "v"  # what the networks output; the loss stays in v-space (schedule.py)
 
     def check(self, path: str) -> None:
         if not self.logsnr_min < self.logsnr_max:

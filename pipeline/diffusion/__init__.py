@@ -10,9 +10,19 @@ Owns: the mathematics of training targets and sampling; networks are passed in a
 from pipeline.diffusion.distillation import distillation_losses, student_times
 from pipeline.diffusion.noise import NoiseSource, counter_normals, shower_seed, stream_keys, uniform_from_seeds
 from pipeline.diffusion.sampler import ddim_step, distillation_target, sample, time_grid
-from pipeline.diffusion.schedule import CosineSchedule, ModelFn, diffuse, predict_x_eps, training_losses, v_loss
+from pipeline.diffusion.schedule import (
+    CosineSchedule,
+    ModelFn,
+    Prediction,
+    as_v,
+    diffuse,
+    predict_x_eps,
+    prediction_loss,
+    training_losses,
+    v_loss,
+)
 from pipeline.diffusion.synthesis import synthesize
 
-__all__ = ["CosineSchedule", "ModelFn", "NoiseSource", "ddim_step", "diffuse", "distillation_losses",
-           "counter_normals", "distillation_target", "predict_x_eps", "sample", "shower_seed", "student_times",
-           "stream_keys", "synthesize", "time_grid", "training_losses", "uniform_from_seeds", "v_loss"]
+__all__ = ["CosineSchedule", "ModelFn", "NoiseSource", "Prediction", "as_v", "counter_normals", "ddim_step", "diffuse",
+           "distillation_losses", "distillation_target", "predict_x_eps", "prediction_loss", "sample", "shower_seed",
+           "stream_keys", "student_times", "synthesize", "time_grid", "training_losses", "uniform_from_seeds", "v_loss"]

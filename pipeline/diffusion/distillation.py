@@ -3,7 +3,9 @@
 A student with N DDIM steps learns to match two steps of its frozen teacher with 2N steps. Times are
 drawn from the student's grid ``t = k / N``, ``k = 1..N``; the noisy input is ``z_t = alpha_t x + sigma_t eps``
 for a data batch ``x``; the target is :func:`~pipeline.diffusion.sampler.distillation_target` in v form,
-so the loss is the same v-MSE as training (Salimans & Ho's "SNR + 1" weighting of the x error).
+so the loss is the same v-MSE as training (Salimans & Ho's "SNR + 1" weighting of the x error; with
+x-prediction the students and the teacher output x, and the loss is the floored version of
+:func:`~pipeline.diffusion.schedule.prediction_loss`).
 As in training, the voxel networks (student and teacher) are conditioned on the true layer energies.
 """
 
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor
 
 from pipeline.diffusion.sampler import distillation_target
-from pipeline.diffusion.schedule import CosineSchedule, diffuse
+from pipeline.diffusion.schedule import CosineSchedule, Prediction, as_v, diffuse, prediction_loss
 
 
 def student_times(n: int, student_steps: int, device: torch.device,
@@ -26,17 +28,18 @@ def student_times(n: int, student_steps: int, device: torch.device,
 
 
 def _distill_one(student: Callable[[Tensor, Tensor], Tensor], teacher: Callable[[Tensor, Tensor], Tensor],
-                 x: Tensor, t: Tensor, noise: Tensor, schedule: CosineSchedule, student_steps: int) -> Tensor:
+                 x: Tensor, t: Tensor, noise: Tensor, schedule: CosineSchedule, student_steps: int,
+                 prediction: Prediction) -> Tensor:
     z, _ = diffuse(schedule, x, t, noise)
-    target = distillation_target(teacher, z, t, 2 * student_steps, schedule)
-    err = (student(z, t.float()).float() - target.float()) ** 2
-    return err.flatten(1).mean(dim=1).mean()
+    target = distillation_target(as_v(teacher, schedule, prediction), z, t, 2 * student_steps, schedule)
+    return prediction_loss(student(z, t.float()), z, target, t, schedule, prediction).mean()
 
 
 def distillation_losses(student_layer: Callable[..., Tensor], student_voxel: Callable[..., Tensor],
                         teacher_layer: Callable[..., Tensor], teacher_voxel: Callable[..., Tensor],
                         layers: Tensor, voxels: Tensor, cond: Tensor, schedule: CosineSchedule,
-                        student_steps: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                        student_steps: int, generator: torch.Generator | None = None,
+                        prediction: Prediction = "v") -> dict[str, Tensor]:
     """v-losses of both students on one preprocessed batch -> ``{"loss", "layer", "voxel"}`` (batch means)."""
     b, dev = layers.shape[0], layers.device
     t_layer = student_times(b, student_steps, dev, generator)
@@ -44,7 +47,7 @@ def distillation_losses(student_layer: Callable[..., Tensor], student_voxel: Cal
     n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
     n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
     layer = _distill_one(lambda z, t: student_layer(z, t, cond), lambda z, t: teacher_layer(z, t, cond),
-                         layers, t_layer, n_layer, schedule, student_steps)
+                         layers, t_layer, n_layer, schedule, student_steps, prediction)
     voxel = _distill_one(lambda z, t: student_voxel(z, t, cond, layers), lambda z, t: teacher_voxel(z, t, cond, layers),
-                         voxels, t_voxel, n_voxel, schedule, student_steps)
+                         voxels, t_voxel, n_voxel, schedule, student_steps, prediction)
     return {"loss": layer + voxel, "layer": layer, "voxel": voxel}

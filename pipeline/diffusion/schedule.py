@@ -11,19 +11,26 @@ The networks predict ``v = alpha eps - sigma x`` (Salimans & Ho), from which
 Loss weighting: plain MSE on v. Since ``v - v_hat = -(x - x_hat) / sigma = (eps - eps_hat) / alpha``,
 it equals the x-MSE weighted by ``1 / sigma^2 = SNR + 1`` ("SNR+1" weighting of Salimans & Ho), i.e. the
 eps-MSE weighted by ``1 + 1 / SNR``; t is drawn uniformly from [0, 1].
+
+x-prediction (``diffusion.prediction: x``): the networks output ``x_hat`` instead; samplers see
+``v = (alpha z - x_hat) / sigma`` (:func:`as_v`, exact). The loss stays the v-MSE, i.e. the x-MSE over
+``sigma^2``, with sigma floored at :data:`X_LOSS_MIN_SIGMA` so that the few nearly clean times (sigma down to
+4.5e-5) do not weight an untrained network's x error by up to 5e8 (as the v-loss of x-prediction in JiT).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
 
 #: a denoiser in v-parameterisation: (z_t (B, ...), t (B,)) -> v (B, ...)
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+Prediction = Literal["v", "x"]
+X_LOSS_MIN_SIGMA = 0.05  # x-prediction: loss weight 1 / max(sigma, this)^2 (at most 400 = SNR + 1 at log SNR 6)
 
 
 @dataclass(frozen=True)
@@ -76,16 +83,39 @@ def predict_x_eps(schedule: CosineSchedule, z: Tensor, v: Tensor, t: Tensor) -> 
     return alpha * z - sigma * v, sigma * z + alpha * v
 
 
-def v_loss(model_fn: ModelFn, schedule: CosineSchedule, x: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-    """Per-item v-MSE ``mean((v_hat - v)^2)`` over all but the batch dimension -> (B,)."""
-    z, v = diffuse(schedule, x, t, noise)
-    err = (model_fn(z, t).float() - v.float()) ** 2
+def as_v(fn: Callable[..., Tensor], schedule: CosineSchedule, prediction: Prediction) -> Callable[..., Tensor]:
+    """``fn(z, t, *conditions)`` as a v-predictor: unchanged for v, ``(alpha z - x_hat) / sigma`` for x."""
+    if prediction == "v":
+        return fn
+
+    def v_of(z: Tensor, t: Tensor, *args: Tensor) -> Tensor:
+        alpha, sigma = schedule.alpha_sigma(t, like=z)
+        return (alpha * z - fn(z, t, *args).to(z.dtype)) / sigma
+    return v_of
+
+
+def prediction_loss(out: Tensor, z: Tensor, v_target: Tensor, t: Tensor, schedule: CosineSchedule,
+                    prediction: Prediction) -> Tensor:
+    """Per-item loss -> (B,): ``mean((v_hat - v)^2)`` for v; for x the same with sigma floored (module doc)."""
+    if prediction == "v":
+        err = (out.float() - v_target.float()) ** 2
+    else:
+        alpha, sigma = schedule.alpha_sigma(t, like=z.float())
+        x_target = alpha * z.float() - sigma * v_target.float()
+        err = (out.float() - x_target) ** 2 / sigma.clamp_min(X_LOSS_MIN_SIGMA) ** 2
     return err.flatten(1).mean(dim=1)
+
+
+def v_loss(model_fn: ModelFn, schedule: CosineSchedule, x: Tensor, t: Tensor, noise: Tensor,
+           prediction: Prediction = "v") -> Tensor:
+    """Per-item v-MSE ``mean((v_hat - v)^2)`` over all but the batch dimension -> (B,) (see the module doc for x)."""
+    z, v = diffuse(schedule, x, t, noise)
+    return prediction_loss(model_fn(z, t), z, v, t, schedule, prediction)
 
 
 def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..., Tensor], layers: Tensor,
                     voxels: Tensor, cond: Tensor, schedule: CosineSchedule,
-                    generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                    generator: torch.Generator | None = None, prediction: Prediction = "v") -> dict[str, Tensor]:
     """v-losses of both networks on one preprocessed batch (see :class:`pipeline.physics.preprocessing.Preprocessed`).
 
     Each network gets its own uniform times and Gaussian noise (from ``generator`` when given, which
@@ -97,6 +127,6 @@ def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..
     t_voxel = torch.rand(b, device=dev, generator=generator)
     n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
     n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
-    layer = v_loss(lambda z, t: layer_model(z, t, cond), schedule, layers, t_layer, n_layer).mean()
-    voxel = v_loss(lambda z, t: voxel_model(z, t, cond, layers), schedule, voxels, t_voxel, n_voxel).mean()
+    layer = v_loss(lambda z, t: layer_model(z, t, cond), schedule, layers, t_layer, n_layer, prediction).mean()
+    voxel = v_loss(lambda z, t: voxel_model(z, t, cond, layers), schedule, voxels, t_voxel, n_voxel, prediction).mean()
     return {"loss": layer + voxel, "layer": layer, "voxel": voxel}

@@ -16,7 +16,7 @@ import torch
 from pipeline.config import ConfigError, load_config
 from pipeline.data import run_layout
 from pipeline.data.shower_store import ShowerStore, StoreError
-from pipeline.diffusion import CosineSchedule, synthesize
+from pipeline.diffusion import CosineSchedule, Prediction, synthesize
 from pipeline.models import build_models
 from pipeline.models.ema_weights import load_ema_weights
 from pipeline.physics.geometry import Geometry, load_geometry
@@ -28,17 +28,18 @@ class Sampler:
     """A finished run's EMA networks, preprocessing and step count, ready to generate."""
 
     layer_net: torch.nn.Module
-    voxel_unet: torch.nn.Module
+    voxel_unet: torch.nn.Module  # the voxel network, U-Net or transformer
     preprocessor: Preprocessor
     schedule: CosineSchedule
     steps: int
     eta: float
     geometry: Geometry
     info: dict[str, Any]
+    prediction: Prediction = "v"
 
     def __call__(self, energies: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         return synthesize(energies, seeds, self.layer_net, self.voxel_unet, self.preprocessor, self.steps,
-                        schedule=self.schedule, eta=self.eta)
+                        schedule=self.schedule, eta=self.eta, prediction=self.prediction)
 
 
 def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False, compile_mode: str = "default",
@@ -72,7 +73,8 @@ def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False
         unet = torch.compile(unet, dynamic=False, mode=compile_mode)
     info = {"model_dir": str(model_dir.resolve()), "stage": done.get("stage", 0),
             "sample_steps": done.get("sample_steps", cfg.diffusion.sample_steps), "ema": done["ema"],
-            "ema_sha256": done.get("ema_sha256"), "preset": cfg.model.preset, "training_store": str(store_path)}
+            "ema_sha256": done.get("ema_sha256"), "preset": cfg.model.preset, "backbone": cfg.model.backbone,
+            "prediction": cfg.diffusion.prediction, "training_store": str(store_path)}
     return Sampler(layer_net, unet, Preprocessor(stats, geometry).to(device),
                    CosineSchedule.from_config(cfg.diffusion), int(info["sample_steps"]), cfg.diffusion.eta,
-                   geometry, info)
+                   geometry, info, cfg.diffusion.prediction)

@@ -45,8 +45,8 @@ def to_host(showers: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | Non
     """Start copying float32 ``showers`` to the host; returns the host tensor and the event to wait for."""
     if showers.device.type != "cuda":
         return showers.float(), None
-    host = torch.empty(showers.shape, dtype=torch.float32, pin_memory=True)
-    host.copy_(showers, non_blocking=True)  # casts on the device first when showers are bf16
+    host = torch.empty(showers.shape, dtype=torch.float32, pin_memory=True)  # from torch's pinned-memory cache
+    host.copy_(showers.float(), non_blocking=True)  # cast on the device, then one asynchronous copy
     event = torch.cuda.Event()
     event.record()
     return host, event

@@ -1,6 +1,6 @@
-"""Networks of the two-stage shower diffusion: :class:`LayerEnergyNet` (layer energies) and
-:class:`VoxelUNet` (voxels given layer energies), sized by the presets in :mod:`.presets`, and the file
-their exported EMA weights travel in (:mod:`.ema_weights`).
+"""Networks of the two-stage shower diffusion: :class:`LayerEnergyNet` (layer energies) and a voxel network
+(voxels given layer energies): :class:`VoxelUNet` or :class:`VoxelTransformer` (``model.backbone``), sized by
+the presets in :mod:`.presets`, and the file their exported EMA weights travel in (:mod:`.ema_weights`).
 
 Owns: architectures and their weights file. May import: :mod:`pipeline.runtime`, :mod:`pipeline.config`,
 :mod:`pipeline.physics` (never :mod:`pipeline.diffusion`: the networks do not know how they are trained).
@@ -12,24 +12,34 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.models.layer_net import LayerEnergyNet
-from pipeline.models.presets import PRESETS, LayerNetSpec, Preset, UNetSpec
+from pipeline.models.presets import PATCHES, PRESETS, LayerNetSpec, Preset, TransformerSpec, UNetSpec
+from pipeline.models.transformer import VoxelTransformer
 from pipeline.models.unet import VoxelUNet
 from pipeline.physics.geometry import Geometry
 
-__all__ = ["LayerEnergyNet", "VoxelUNet", "PRESETS", "Preset", "UNetSpec", "LayerNetSpec", "build_models",
-           "count_parameters"]
+__all__ = ["LayerEnergyNet", "VoxelUNet", "VoxelTransformer", "VoxelNet", "PRESETS", "PATCHES", "Preset", "UNetSpec",
+           "LayerNetSpec", "TransformerSpec", "build_models", "count_parameters"]
+
+VoxelNet = VoxelUNet | VoxelTransformer
 
 
-def build_models(cfg: ModelConfig, geometry: Geometry) -> tuple[LayerEnergyNet, VoxelUNet]:
-    """The layer-energy network and the voxel U-Net for a regular (L, A, R) geometry."""
+def build_models(cfg: ModelConfig, geometry: Geometry) -> tuple[LayerEnergyNet, VoxelNet]:
+    """The layer-energy network and the voxel network (``cfg.backbone``) for a regular (L, A, R) geometry."""
     if not geometry.is_regular:
         raise ValueError(f"geometry {geometry.name} is not regular (L, A, R); the U-Net needs ds2/ds3-like binning")
     preset = PRESETS[cfg.preset]
     shape = geometry.shape
     layer_net = LayerEnergyNet(shape[0], preset.layer_net, dropout=cfg.dropout, fp32=cfg.fp32_first_last)
-    unet = VoxelUNet(shape, preset.unet, dropout=cfg.dropout, angle_downsample=cfg.angle_downsample,  # type: ignore[arg-type]
-                     checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last)
-    return layer_net, unet
+    if cfg.backbone == "transformer":
+        patch = tuple(cfg.patch) if cfg.patch else PATCHES.get(geometry.name)
+        if patch is None:
+            raise ValueError(f"model.patch: no default patch for geometry {geometry.name}; set [layers, angle, radius]")
+        voxel_net: VoxelNet = VoxelTransformer(shape, preset.transformer, patch, dropout=cfg.dropout,  # type: ignore[arg-type]
+                                               checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last)
+    else:
+        voxel_net = VoxelUNet(shape, preset.unet, dropout=cfg.dropout, angle_downsample=cfg.angle_downsample,  # type: ignore[arg-type]
+                              checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last)
+    return layer_net, voxel_net
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,6 +1,6 @@
 """Parameter counts and FLOPs per shower per network evaluation of a config's models.
 
-    python -m pipeline.info --config configs/ds3.yaml [--set model.preset=base]
+    python -m pipeline.info --config configs/ds3.yaml [--set model.preset=base] [--set model.backbone=transformer]
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one shower on the meta device
 (nothing is allocated or computed): matmuls, convolutions and attention, counted as 2 per multiply-add;
@@ -33,7 +33,8 @@ def forward_flops(model: nn.Module, *inputs: torch.Tensor) -> int:
 
 
 def model_info(cfg: Config) -> dict[str, dict[str, int]]:
-    """``{"layer_net": {"parameters", "flops"}, "voxel_unet": {...}}`` per shower per evaluation."""
+    """``{"layer_net": {"parameters", "flops"}, "voxel_unet": {...}}`` per shower per evaluation (``voxel_unet``
+    is the voxel network of either backbone, named as in the weights files)."""
     geometry = load_geometry(cfg.data.geometry)
     with torch.device("meta"):
         layer_net, unet = build_models(cfg.model, geometry)
@@ -58,8 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     info = model_info(cfg)
     shape = "x".join(str(n) for n in load_geometry(cfg.data.geometry).shape)
-    print(f"preset {cfg.model.preset}, geometry {cfg.data.geometry} ({shape}), "
-          f"activation checkpointing {'on' if cfg.model.checkpointing else 'off'}")
+    m = cfg.model
+    print(f"preset {m.preset}, geometry {cfg.data.geometry} ({shape}), voxel backbone {m.backbone}, "
+          f"activation checkpointing {'on' if m.checkpointing else 'off'}")
     for name, d in info.items():
         print(f"  {name:11s} {d['parameters']:>13,d} parameters  {d['flops'] / 1e9:>12.6g} GFLOP per shower per evaluation")
     total = sum(d["parameters"] for d in info.values())

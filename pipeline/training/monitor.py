@@ -109,7 +109,7 @@ class FidelityMonitor:
         if len(seeds):
             with autocast(self.precision, self.device):
                 mine = synthesize(energies, seeds, model.layer_net, model.voxel_unet, self.pre, steps,
-                                  schedule=self.schedule, eta=self.eta).float().cpu().numpy()
+                                  schedule=self.schedule, eta=self.eta, prediction=model.prediction).float().cpu().numpy()
             mine = mine.reshape(len(seeds), -1)
         ms = 1e3 * (time.perf_counter() - t0) / max(len(seeds), 1)
         out = np.zeros((self.energies.size, self.geometry.n_voxels), np.float32)

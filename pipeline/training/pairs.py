@@ -1,6 +1,7 @@
 """Both networks as one trainable module whose forward pass is the loss, for one engine and one optimiser.
 
-:class:`DiffusionPair` holds the layer-energy network and the voxel U-Net; its forward returns the v-losses
+:class:`DiffusionPair` holds the layer-energy network and the voxel network (U-Net or transformer, kept under
+the name ``voxel_unet`` so that weights files keep one layout); its forward returns the losses
 of :func:`pipeline.diffusion.training_losses`. :class:`DistillationPair` is the same pair as a
 progressive-distillation student of a frozen teacher (:func:`pipeline.diffusion.distillation_losses`);
 its state dict is the plain pair's.
@@ -11,20 +12,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pipeline.diffusion import CosineSchedule, distillation_losses, training_losses
-from pipeline.models import LayerEnergyNet, VoxelUNet
+from pipeline.diffusion import CosineSchedule, Prediction, distillation_losses, training_losses
+from pipeline.models import LayerEnergyNet, VoxelNet
 
 
 class DiffusionPair(nn.Module):
     """``forward(layers, voxels, cond, generator) -> {"loss", "layer", "voxel"}`` for both networks."""
 
-    def __init__(self, layer_net: LayerEnergyNet, voxel_unet: VoxelUNet, schedule: CosineSchedule) -> None:
+    def __init__(self, layer_net: LayerEnergyNet, voxel_unet: VoxelNet, schedule: CosineSchedule,
+                 prediction: Prediction = "v") -> None:
         super().__init__()
         self.layer_net, self.voxel_unet, self.schedule = layer_net, voxel_unet, schedule
+        self.prediction = prediction  # what both networks output (diffusion.prediction)
 
     def forward(self, layers: Tensor, voxels: Tensor, cond: Tensor,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        return training_losses(self.layer_net, self.voxel_unet, layers, voxels, cond, self.schedule, generator)
+        return training_losses(self.layer_net, self.voxel_unet, layers, voxels, cond, self.schedule, generator,
+                               self.prediction)
 
 
 class FrozenTeacher:
@@ -41,13 +45,13 @@ class FrozenTeacher:
 class DistillationPair(DiffusionPair):
     """A student pair whose loss is the progressive-distillation loss against ``teacher`` (2N steps)."""
 
-    def __init__(self, layer_net: LayerEnergyNet, voxel_unet: VoxelUNet, schedule: CosineSchedule,
+    def __init__(self, layer_net: LayerEnergyNet, voxel_unet: VoxelNet, schedule: CosineSchedule,
                  teacher: DiffusionPair, student_steps: int) -> None:
-        super().__init__(layer_net, voxel_unet, schedule)
+        super().__init__(layer_net, voxel_unet, schedule, teacher.prediction)
         self.teacher, self.student_steps = FrozenTeacher(teacher), student_steps
 
     def forward(self, layers: Tensor, voxels: Tensor, cond: Tensor,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         t = self.teacher.model
         return distillation_losses(self.layer_net, self.voxel_unet, t.layer_net, t.voxel_unet, layers, voxels, cond,
-                                   self.schedule, self.student_steps, generator)
+                                   self.schedule, self.student_steps, generator, self.prediction)

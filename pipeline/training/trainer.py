@@ -90,7 +90,7 @@ class Trainer:
         unet.use_channels_last(self.t.channels_last)
         torch.backends.cudnn.benchmark = cuda and self.t.cudnn_benchmark
         schedule = CosineSchedule.from_config(cfg.diffusion)
-        model = DiffusionPair(layer_net, unet, schedule).to(self.device)
+        model = DiffusionPair(layer_net, unet, schedule, cfg.diffusion.prediction).to(self.device)
         if teacher is not None:
             model = student_of(teacher, model, self.device, f"model.preset {cfg.model.preset!r} on {cfg.data.geometry}")
         init_ema = load_init_from(self.t.init_from, model, self.device) if self.t.init_from else None
