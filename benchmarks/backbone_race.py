@@ -2,6 +2,7 @@
 each, for the same wall time, with the fidelity monitor drawing their learning curves.
 
     .venv/bin/python benchmarks/backbone_race.py [--minutes 10] [--work /tmp/race] [--plot docs/backbone_race.png]
+                                                 [--prediction v|x]
     .venv/bin/python benchmarks/backbone_race.py --plot-only --work /tmp/race --plot docs/backbone_race.png
 
 Runs ``benchmarks/monitor_run.py`` for ``--backbone unet`` and ``--backbone transformer`` at the same time
@@ -30,12 +31,13 @@ BACKBONES = ("unet", "transformer")
 CURVES = ("etot_einc", "e_layer", "width_x", "sparsity")
 
 
-def race(work: Path, minutes: float) -> None:
+def race(work: Path, minutes: float, prediction: str) -> None:
     """Both monitor runs at once, one thread each."""
     procs = []
     for backbone in BACKBONES:  # each run simulates the same stand-in showers (same seed) into its own directory
         d = work / backbone
         cmd = [sys.executable, str(ROOT / "benchmarks" / "monitor_run.py"), "--work", str(d), "--backbone", backbone,
+               "--prediction", prediction,
                "--steps", "5000", "--every", "100", "--monitor", "256", "--sample-steps", "8",
                "--time-limit", f"0:{int(minutes):02d}:00"]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -62,11 +64,12 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/race"))
     p.add_argument("--plot", type=Path)
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--prediction", default="v", choices=["v", "x"], help="diffusion.prediction of both runs")
     args = p.parse_args()
     if not args.plot_only:
         for backbone in BACKBONES:
             (args.work / backbone).mkdir(parents=True, exist_ok=True)
-        race(args.work, args.minutes)
+        race(args.work, args.minutes, args.prediction)
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
     print("| backbone | steps reached | training showers/s | " + " | ".join(CURVES) + " | response (data) |")
     print("|---|---|---|" + "---|" * len(CURVES) + "---|")

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/monitor_run.py [--showers 4096] [--steps 400] [--every 50] [--monitor 256]
                                                [--sample-steps 16] [--work DIR] [--plot docs/monitor_curve.png]
-                                               [--backbone unet|transformer] [--time-limit H:MM:SS]
+                                               [--backbone unet|transformer] [--prediction v|x] [--time-limit H:MM:SS]
 
 Simulates stand-in ds2 showers, converts them, trains the tiny preset with ``python -m pipeline.train``
 (one process, the CPU; ``--time-limit`` ends it after a wall-clock budget, for comparisons at equal CPU time)
@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--work", type=Path)
     p.add_argument("--plot", type=Path)
     p.add_argument("--backbone", default="unet", choices=["unet", "transformer"])
+    p.add_argument("--prediction", default="v", choices=["v", "x"])
     p.add_argument("--time-limit", help="stop training after this wall time (pipeline.train --time-limit)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +63,8 @@ def main() -> None:
             "run": {"dir": str(work / "run"), "seed": 1},
             "data": {"geometry": "ds2", "inputs": [str(work / "standin.hdf5")], "store": str(work / "store.zarr"),
                      "batch_size": args.batch, "shuffle_chunks": 8, "num_workers": 1},
-            "model": {"preset": "tiny", "backbone": args.backbone}, "diffusion": {"sample_steps": args.sample_steps},
+            "model": {"preset": "tiny", "backbone": args.backbone},
+            "diffusion": {"sample_steps": args.sample_steps, "prediction": args.prediction},
             "distill": {"final_steps": args.sample_steps},
             "train": {"max_steps": args.steps, "lr": 1e-3, "warmup_steps": 20, "checkpoint_every_steps": 0,
                       "checkpoint_every_minutes": 0, "val_every_steps": 0, "log_every_steps": 10,
@@ -77,8 +79,8 @@ def main() -> None:
         with open(work / "run" / "logs" / "monitor.csv", newline="") as f:
             rows = list(csv.DictReader(f))
     spent = sum(float(r["monitor_seconds"]) for r in rows)
-    print(f"ds2 tiny {args.backbone}, {args.showers} stand-in showers, batch {args.batch}, {args.steps} steps, monitor every "
-          f"{args.every} steps on {args.monitor} validation showers with {args.sample_steps} DDIM steps: "
+    print(f"ds2 tiny {args.backbone} ({args.prediction}-prediction), {args.showers} stand-in showers, batch {args.batch}, "
+          f"{args.steps} steps, monitor every {args.every} steps on {args.monitor} validation showers with {args.sample_steps} DDIM steps: "
           f"run {wall:.0f} s, monitor {spent:.0f} s ({100 * spent / wall:.1f} %)\n")
     print("| step | E_tot/E_inc (floor) | layer energies (floor) | width x (floor) | sparsity (floor) | FPD | KPD "
           "| ms/shower |")
