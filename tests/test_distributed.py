@@ -68,7 +68,9 @@ def test_parse_nodelist_rejects_malformed_lists(bad):
 def test_tasks_per_node_and_port():
     assert tasks_on_node("2(x3),1", 0) == 2 and tasks_on_node("2(x3),1", 3) == 1 and tasks_on_node("4", 0) == 4
     assert port_from_job_id("123.0") == port_from_job_id("123.0") != port_from_job_id("124.0")
-    assert 20000 <= port_from_job_id("123.0") < 40000
+    # below Linux's default ephemeral range (32768-60999): a CI run once lost job 289's port, then 33002, to an
+    # outgoing connection's source port
+    assert all(20000 <= port_from_job_id(str(j)) < 32768 for j in range(2000))
 
 
 # ------------------------------------------------------------------ sources

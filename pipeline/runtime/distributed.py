@@ -141,9 +141,13 @@ def tasks_on_node(tasks_per_node: str, node: int) -> int:
     return counts[node] if 0 <= node < len(counts) else counts[-1]
 
 
+EPHEMERAL_PORTS_START = 32768  # Linux's default ip_local_port_range starts here (source ports of outgoing connections)
+
+
 def port_from_job_id(job_id: str) -> int:
-    """A port in [20000, 40000) that every task of the job derives alike from its id."""
-    return 20000 + zlib.crc32(job_id.encode()) % 20000
+    """A port in [20000, 32768) that every task of the job derives alike from its id: below the ephemeral range,
+    so no outgoing connection on the node (a previous job's gloo pairs, slurmd, a database client) can hold it."""
+    return 20000 + zlib.crc32(job_id.encode()) % (EPHEMERAL_PORTS_START - 20000)
 
 
 def free_port() -> int:
