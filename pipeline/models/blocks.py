@@ -112,17 +112,21 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.conv2(self.drop(F.silu(h)))
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm self-attention + MLP over all (L, A, R) positions with adaLN-Zero conditioning (DiT).
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Apply rotary embeddings to ``x`` (B, heads, N, head_dim) with per-token ``cos``/``sin`` (N, head_dim / 2)."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.to(x.dtype)
 
-    No position encoding: the features carry position from the convolutions (zero padding along
-    L and R and the coordinate input channels), so attention stays equivariant to angular rolls.
-    """
+
+class DiTBlock(nn.Module):
+    """Pre-norm self-attention and MLP over tokens ``(B, N, C)``, both modulated and gated by adaLN-Zero (DiT);
+    with ``rotary = (cos, sin)`` the queries and keys are rotated (relative positions)."""
 
     def __init__(self, channels: int, head_dim: int, emb_dim: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
-        if channels % head_dim:
-            raise ValueError(f"{channels} channels do not split into heads of {head_dim}")
+        if channels % head_dim or head_dim % 2:
+            raise ValueError(f"{channels} channels do not split into heads of even size {head_dim}")
         self.heads = channels // head_dim
         self.norm1 = nn.LayerNorm(channels, elementwise_affine=False, eps=1e-6)
         self.qkv, self.proj = nn.Linear(channels, 3 * channels), nn.Linear(channels, channels)
@@ -131,16 +135,28 @@ class TransformerBlock(nn.Module):
                                  nn.Dropout(dropout), nn.Linear(mlp_ratio * channels, channels))
         self.modulation = zero_init(nn.Linear(emb_dim, 6 * channels))
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        b, c, *spatial = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
-        n = tokens.shape[1]
+    def forward(self, tokens: Tensor, emb: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        b, n, c = tokens.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(emb)[:, None].chunk(6, dim=-1)
         h = self.norm1(tokens) * (1 + scale1) + shift1
         q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
         tokens = tokens + gate1 * self.proj(attn)
-        tokens = tokens + gate2 * self.mlp(self.norm2(tokens) * (1 + scale2) + shift2)
+        return tokens + gate2 * self.mlp(self.norm2(tokens) * (1 + scale2) + shift2)
+
+
+class TransformerBlock(DiTBlock):
+    """A :class:`DiTBlock` over all (L, A, R) positions of a ``(B, C, L, A, R)`` grid (the U-Net's coarse levels).
+
+    No position encoding: the features carry position from the convolutions (zero padding along
+    L and R and the coordinate input channels), so attention stays equivariant to angular rolls.
+    """
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:  # type: ignore[override]
+        b, c, *spatial = x.shape
+        tokens = super().forward(x.flatten(2).transpose(1, 2), emb)
         return tokens.transpose(1, 2).reshape(b, c, *spatial)
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.models.blocks import ScalarEmbedding, Size3, in_fp32, zero_init
+from pipeline.models.blocks import DiTBlock, ScalarEmbedding, Size3, in_fp32, zero_init
 from pipeline.models.presets import TransformerSpec
 
 
@@ -37,39 +37,6 @@ def angle_rotary(n_angle: int, head_dim: int) -> tuple[Tensor, Tensor]:
     a = torch.arange(n_angle, dtype=torch.float64)
     phase = 2 * math.pi * torch.outer(a, k) / n_angle
     return torch.cos(phase).float(), torch.sin(phase).float()
-
-
-def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Apply rotary embeddings to ``x`` (B, heads, N, head_dim) with per-token ``cos``/``sin`` (N, head_dim / 2)."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
-    return out.to(x.dtype)
-
-
-class DiTBlock(nn.Module):
-    """Pre-norm self-attention (rotary along the angle) and MLP, both modulated and gated by adaLN-Zero."""
-
-    def __init__(self, width: int, head_dim: int, emb_dim: int, mlp_ratio: int, dropout: float) -> None:
-        super().__init__()
-        if width % head_dim or head_dim % 2:
-            raise ValueError(f"width {width} does not split into heads of even size {head_dim}")
-        self.heads = width // head_dim
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(approximate="tanh"),
-                                 nn.Dropout(dropout), nn.Linear(mlp_ratio * width, width))
-        self.modulation = zero_init(nn.Linear(emb_dim, 6 * width))
-
-    def forward(self, tokens: Tensor, emb: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        b, n, c = tokens.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(emb)[:, None].chunk(6, dim=-1)
-        h = self.norm1(tokens) * (1 + scale1) + shift1
-        q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
-        tokens = tokens + gate1 * self.proj(attn)
-        return tokens + gate2 * self.mlp(self.norm2(tokens) * (1 + scale2) + shift2)
 
 
 class VoxelTransformer(nn.Module):
@@ -134,9 +101,9 @@ class VoxelTransformer(nn.Module):
         tokens = in_fp32(self._tokens, x, layers) if self.fp32_first_last else self._tokens(x, layers)
         for block in self.blocks:
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                tokens = checkpoint(block, tokens, emb, self.rot_cos, self.rot_sin, use_reentrant=False)
+                tokens = checkpoint(block, tokens, emb, (self.rot_cos, self.rot_sin), use_reentrant=False)
             else:
-                tokens = block(tokens, emb, self.rot_cos, self.rot_sin)
+                tokens = block(tokens, emb, (self.rot_cos, self.rot_sin))
         shift, scale = self.out_modulation(emb)[:, None].chunk(2, dim=-1)
         h = self.out_norm(tokens) * (1 + scale) + shift
         out = in_fp32(self.out, h) if self.fp32_first_last else self.out(h)
