@@ -98,3 +98,29 @@ def test_rejects_mismatched_shapes():
         Preprocessor(stats, load_geometry("ds3"))
     with pytest.raises(ValueError, match="not regular"):
         Preprocessor(stats, load_geometry("ds1-photons"))
+
+
+def test_dequantised_empty_voxels_stay_below_the_threshold_and_invert_to_the_data():
+    pre, showers, energies = make_preprocessor("ds2")
+    showers = showers.float()
+    plain = pre(showers, energies)
+    deq = pre(showers, energies, dequantize=torch.Generator().manual_seed(0))
+    empty = (showers <= 0) & (showers.sum(dim=(2, 3), keepdim=True) > 0)
+    assert empty.any() and not torch.equal(deq.voxels[empty], plain.voxels[empty])
+    torch.testing.assert_close(deq.voxels[~empty], plain.voxels[~empty])
+    torch.testing.assert_close(deq.layers, plain.layers)
+    # the inverse with threshold-aware fractions maps every dequantised voxel back to 0 and keeps the hits
+    back = pre.inverse(deq.layers, deq.voxels, energies, threshold_fractions=True)
+    torch.testing.assert_close(back, pre.apply_threshold(showers), rtol=2e-3, atol=2e-4)
+    # without it the sub-threshold mass is taken from the hits: layers lose energy
+    lossy = pre.inverse(deq.layers, deq.voxels, energies)
+    assert lossy.sum() < 0.99 * back.sum()
+
+
+def test_threshold_aware_fractions_keep_a_layer_that_would_be_emptied():
+    pre, showers, energies = make_preprocessor("ds2")
+    p = pre(showers.float(), energies)
+    flat = torch.zeros_like(p.voxels)  # every fraction equal: all below threshold / E_layer in big layers
+    a = pre.inverse(p.layers, flat, energies, threshold=False, threshold_fractions=True)
+    b = pre.inverse(p.layers, flat, energies, threshold=False)
+    torch.testing.assert_close(a.sum(dim=(2, 3)), b.sum(dim=(2, 3)))

@@ -103,12 +103,15 @@ class ModelConfig:
     dropout: float = 0.0
     angle_downsample: int = 1  # at most this many angle halvings (only where the angle count is even)
     fp32_first_last: bool = True  # under bf16 autocast: U-Net stem and output conv and the layer network in fp32
+    energy_max_freq: float = 100.0  # Fourier features of the standardised log E_inc at pi * [1, this] (all networks)
 
     def check(self, path: str) -> None:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
         if self.angle_downsample < 0:
             raise ConfigError(f"{path}.angle_downsample: must be >= 0, got {self.angle_downsample}")
+        if not self.energy_max_freq >= 1:
+            raise ConfigError(f"{path}.energy_max_freq: must be >= 1, got {self.energy_max_freq}")
         if self.patch is not None and (len(self.patch) != 3 or min(self.patch) < 1):
             raise ConfigError(f"{path}.patch: expected three positive sizes [layers, angle, radius], got {self.patch}")
 
@@ -136,6 +139,7 @@ class DiffusionConfig:
 class TrainConfig:
     """Optimisation, checkpointing and logging of ``pipeline.train`` (steps are optimiser steps)."""
 
+    networks: list[Literal["layers", "voxels"]] = field(default_factory=lambda: ["layers", "voxels"])  # trained here
     max_steps: int = 100_000  # length of the run and of the cosine schedule (``--max-steps`` overrides it)
     lr: float = 2e-4  # peak learning rate (AdamW)
     warmup_steps: int = 1000  # linear warm-up from lr / warmup_steps to lr
@@ -156,6 +160,7 @@ class TrainConfig:
     log_every_steps: int = 50  # CSV / TensorBoard rows (averaged over the interval)
     init_from: Optional[str] = None  # checkpoint tag directory to take weights and EMA from (fresh optimiser)
     collective_timeout_minutes: float = 5.0  # a rank stuck this long in a collective ends the run (a dead peer)
+    dequantize_empty: bool = False  # empty voxels as random fractions below the readout threshold (preprocessing.py)
     eval_every_steps: int = 0  # fidelity monitor (pipeline.training.monitor): every N steps and at the end; 0: off
     eval_showers: int = 512  # showers it generates and compares with validation showers of the same energies
     eval_sample_steps: int = 0  # its DDIM steps; 0: the run's diffusion.sample_steps
@@ -165,6 +170,8 @@ class TrainConfig:
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution algorithms for the fixed shapes
 
     def check(self, path: str) -> None:
+        if not self.networks or len(set(self.networks)) != len(self.networks):
+            raise ConfigError(f"{path}.networks: list layers, voxels or both, each once; got {self.networks}")
         for name in ("max_steps", "grad_accum", "keep_checkpoints", "val_batches", "log_every_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{path}.{name}: must be >= 1, got {getattr(self, name)}")
@@ -230,6 +237,7 @@ class GenerateConfig:
     n: int = 100_000  # showers; 0: one per incident energy of energies_from
     seed: int = 0  # shower i's incident energy and noise depend only on (seed, i)
     model: str = "final"  # final (last distillation stage), teacher, stage_K, or a run/stage directory
+    layer_model: Optional[str] = None  # run/stage directory of a layer network trained apart (train.networks: [layers])
     out: Optional[str] = None  # zarr sample; default <run.dir>/samples/generated.zarr
     export: Optional[str] = None  # CaloChallenge HDF5 written by data_tools.export; default <sample>.hdf5
     export_dtype: Literal["float32", "float64"] = "float32"
@@ -242,6 +250,8 @@ class GenerateConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs
     channels_last: bool = False  # U-Net convolutions on channels_last_3d activations (cuDNN; measure with gpu_check)
     cudnn_benchmark: bool = True  # let cuDNN pick the fastest convolution algorithms for the fixed shapes
+    clip_x: bool = False  # clip each step's clean-sample estimate to the physical range of every bin (fraction 0..1)
+    threshold_fractions: bool = False  # zero voxel fractions under threshold / E_layer before normalising each layer
     writer_threads: int = 2  # threads that copy, compress and write shards beside the networks; 0: serial
     layout: StoreLayout = field(default_factory=StoreLayout)
 

@@ -10,6 +10,10 @@ of batches per epoch, so no rank waits at a collective for a batch that never co
 
 ``resident=True`` instead loads the rank's share of the split into (GPU) memory once and permutes
 rows in place each epoch; for datasets that fit.
+
+``view="layers"`` yields each shower's layer energies ``(B, L)`` (summed in float64 as chunks are read) under
+the key ``layer_energies`` instead of the showers: what a run training the layer-energy network alone needs.
+100k ds3 showers are then 18 MB, so such a stream is best resident.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class StreamError(ValueError):
 
 
 class ShowerStream(IterableDataset):
-    """Iterate ``{"showers": (B, *shape) float32, "energies": (B,) float64 MeV, "index": (B,) int64}``.
+    """Iterate ``{"showers": (B, *shape) float32, "energies": (B,) float64 MeV, "index": (B,) int64}`` (with
+    ``view="layers"``: ``"layer_energies"`` (B, L) float32 instead of ``"showers"``).
 
     ``batch_size`` is per rank. Iteration continues from the current state through ``epochs``
     epochs in total (forever when None); ``state_dict``/``load_state_dict`` save and restore the
@@ -59,12 +64,16 @@ class ShowerStream(IterableDataset):
         resident: bool = False,
         device: str | torch.device = "cpu",
         epochs: int | None = None,
+        view: Literal["showers", "layers"] = "showers",
     ) -> None:
         self.store = store if isinstance(store, ShowerStore) else ShowerStore(store)
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise StreamError(f"bad batch_size={batch_size}, rank={rank}, world_size={world_size}")
         self.batch_size, self.split, self.rank, self.world_size = batch_size, split, rank, world_size
         self.seed, self.shuffle, self.resident, self.epochs = seed, shuffle, resident, epochs
+        if view not in ("showers", "layers"):
+            raise StreamError(f"view: expected showers or layers, got {view!r}")
+        self.view, self.key = view, "showers" if view == "showers" else "layer_energies"
         self.shuffle_chunks = max(1, shuffle_chunks)
         self.num_workers, self.prefetch_chunks = max(1, num_workers), max(1, prefetch_chunks)
         self.device = torch.device(device)
@@ -105,13 +114,15 @@ class ShowerStream(IterableDataset):
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "batch_size": self.batch_size,
-                "world_size": self.world_size, "rank": self.rank, "split": self.split, "resident": self.resident}
+                "world_size": self.world_size, "rank": self.rank, "split": self.split, "resident": self.resident,
+                "view": self.view}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "batch_size", "world_size", "rank", "split", "resident"):
-            if state.get(key) != getattr(self, key):
+        for key in ("seed", "batch_size", "world_size", "rank", "split", "resident", "view"):
+            saved = state.get(key, "showers" if key == "view" else None)  # states from before views: showers
+            if saved != getattr(self, key):
                 raise StreamError(
-                    f"cannot resume the data stream: saved {key}={state.get(key)!r} but this run has "
+                    f"cannot resume the data stream: saved {key}={saved!r} but this run has "
                     f"{getattr(self, key)!r}; resume with the same settings and number of ranks"
                 )
         if not 0 <= state["batch"] < self.batches_per_epoch:
@@ -174,17 +185,23 @@ class ShowerStream(IterableDataset):
             nxt = 0
             for w in windows:
                 while nxt < len(order) and len(queue) < max(self.prefetch_chunks, len(w)):
-                    queue.append(pool.submit(self.store.read_chunk, order[nxt]))
+                    queue.append(pool.submit(self._read_chunk, order[nxt]))
                     nxt += 1
                 parts = [queue.popleft().result() for _ in w]
                 index = np.concatenate([np.arange(*self.store.chunk_range(c)) for c in w])
                 while nxt < len(order) and len(queue) < self.prefetch_chunks:
-                    queue.append(pool.submit(self.store.read_chunk, order[nxt]))
+                    queue.append(pool.submit(self._read_chunk, order[nxt]))
                     nxt += 1
                 yield np.concatenate(parts), index
 
+    def _read_chunk(self, chunk: int) -> np.ndarray:
+        showers = self.store.read_chunk(chunk)
+        if self.view == "showers":
+            return showers
+        return showers.reshape(len(showers), showers.shape[1], -1).sum(axis=2, dtype=np.float64).astype(np.float32)
+
     def _to_batch(self, showers: np.ndarray, index: np.ndarray, energies: np.ndarray) -> Batch:
-        batch = {"showers": torch.from_numpy(showers), "energies": torch.from_numpy(energies[index]),
+        batch = {self.key: torch.from_numpy(showers), "energies": torch.from_numpy(energies[index]),
                  "index": torch.from_numpy(index.astype(np.int64))}
         if self.device.type == "cuda":
             batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -202,7 +219,7 @@ class ShowerStream(IterableDataset):
         perm_t = torch.from_numpy(perm).to(self.device)
         for b in range(start_batch, self.batches_per_epoch):
             sel = perm_t[b * self.batch_size : (b + 1) * self.batch_size]
-            yield {"showers": showers[sel], "energies": energies[sel], "index": index[sel]}
+            yield {self.key: showers[sel], "energies": energies[sel], "index": index[sel]}
 
     def _load_resident(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         chunks = self.epoch_chunks(0)

@@ -11,6 +11,7 @@ from pipeline.diffusion.distillation import distillation_losses, student_times
 from pipeline.diffusion.noise import NoiseSource, counter_normals, shower_seed, stream_keys, uniform_from_seeds
 from pipeline.diffusion.sampler import ddim_step, distillation_target, sample, time_grid
 from pipeline.diffusion.schedule import (
+    NETWORKS,
     CosineSchedule,
     ModelFn,
     Prediction,
@@ -21,8 +22,9 @@ from pipeline.diffusion.schedule import (
     training_losses,
     v_loss,
 )
-from pipeline.diffusion.synthesis import synthesize
+from pipeline.diffusion.synthesis import synthesize, synthesize_layers
 
-__all__ = ["CosineSchedule", "ModelFn", "NoiseSource", "Prediction", "as_v", "counter_normals", "ddim_step", "diffuse",
+__all__ = ["NETWORKS", "CosineSchedule", "ModelFn", "NoiseSource", "Prediction", "as_v", "counter_normals", "ddim_step", "diffuse",
            "distillation_losses", "distillation_target", "predict_x_eps", "prediction_loss", "sample", "shower_seed",
-           "stream_keys", "student_times", "synthesize", "time_grid", "training_losses", "uniform_from_seeds", "v_loss"]
+           "stream_keys", "student_times", "synthesize", "synthesize_layers", "time_grid", "training_losses",
+           "uniform_from_seeds", "v_loss"]

@@ -11,13 +11,13 @@ As in training, the voxel networks (student and teacher) are conditioned on the 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from pipeline.diffusion.sampler import distillation_target
-from pipeline.diffusion.schedule import CosineSchedule, Prediction, as_v, diffuse, prediction_loss
+from pipeline.diffusion.schedule import NETWORKS, CosineSchedule, Prediction, as_v, diffuse, prediction_loss
 
 
 def student_times(n: int, student_steps: int, device: torch.device,
@@ -37,17 +37,24 @@ def _distill_one(student: Callable[[Tensor, Tensor], Tensor], teacher: Callable[
 
 def distillation_losses(student_layer: Callable[..., Tensor], student_voxel: Callable[..., Tensor],
                         teacher_layer: Callable[..., Tensor], teacher_voxel: Callable[..., Tensor],
-                        layers: Tensor, voxels: Tensor, cond: Tensor, schedule: CosineSchedule,
+                        layers: Tensor, voxels: Tensor | None, cond: Tensor, schedule: CosineSchedule,
                         student_steps: int, generator: torch.Generator | None = None,
-                        prediction: Prediction = "v") -> dict[str, Tensor]:
-    """v-losses of both students on one preprocessed batch -> ``{"loss", "layer", "voxel"}`` (batch means)."""
+                        prediction: Prediction = "v", networks: Sequence[str] = NETWORKS) -> dict[str, Tensor]:
+    """v-losses of the students of ``networks`` on one preprocessed batch -> ``{"loss", "layer", "voxel"}``
+    (batch means; 0 for a network not distilled here)."""
     b, dev = layers.shape[0], layers.device
-    t_layer = student_times(b, student_steps, dev, generator)
-    t_voxel = student_times(b, student_steps, dev, generator)
-    n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
-    n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
-    layer = _distill_one(lambda z, t: student_layer(z, t, cond), lambda z, t: teacher_layer(z, t, cond),
-                         layers, t_layer, n_layer, schedule, student_steps, prediction)
-    voxel = _distill_one(lambda z, t: student_voxel(z, t, cond, layers), lambda z, t: teacher_voxel(z, t, cond, layers),
-                         voxels, t_voxel, n_voxel, schedule, student_steps, prediction)
+    train_layers, train_voxels = "layers" in networks, "voxels" in networks
+    assert voxels is not None or not train_voxels, "distilling the voxel network needs the voxels"
+    t_layer = student_times(b, student_steps, dev, generator) if train_layers else None  # draw order as with both
+    t_voxel = student_times(b, student_steps, dev, generator) if train_voxels else None
+    layer = voxel = torch.zeros((), device=dev)
+    if t_layer is not None:
+        n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
+        layer = _distill_one(lambda z, t: student_layer(z, t, cond), lambda z, t: teacher_layer(z, t, cond),
+                             layers, t_layer, n_layer, schedule, student_steps, prediction)
+    if t_voxel is not None and voxels is not None:
+        n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
+        voxel = _distill_one(lambda z, t: student_voxel(z, t, cond, layers),
+                             lambda z, t: teacher_voxel(z, t, cond, layers), voxels, t_voxel, n_voxel, schedule,
+                             student_steps, prediction)
     return {"loss": layer + voxel, "layer": layer, "voxel": voxel}

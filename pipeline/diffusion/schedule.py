@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from torch import Tensor
 #: a denoiser in v-parameterisation: (z_t (B, ...), t (B,)) -> v (B, ...)
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 Prediction = Literal["v", "x"]
+NETWORKS = ("layers", "voxels")  # the two networks a run may train (train.networks)
 X_LOSS_MIN_SIGMA = 0.05  # x-prediction: loss weight 1 / max(sigma, this)^2 (at most 400 = SNR + 1 at log SNR 6)
 
 
@@ -94,6 +95,16 @@ def as_v(fn: Callable[..., Tensor], schedule: CosineSchedule, prediction: Predic
     return v_of
 
 
+def clipped_x(fn: Callable[..., Tensor], schedule: CosineSchedule, lo: Tensor, hi: Tensor) -> Callable[..., Tensor]:
+    """The v-predictor ``fn(z, t, *conditions)`` with its clean-sample estimate ``x = alpha z - sigma v`` clipped to
+    ``[lo, hi]`` (broadcast against x): returns the v of the clipped x, so a DDIM step uses the clipped x."""
+    def v_of(z: Tensor, t: Tensor, *args: Tensor) -> Tensor:
+        alpha, sigma = schedule.alpha_sigma(t, like=z)
+        x = alpha * z - sigma * fn(z, t, *args).to(z.dtype)
+        return (alpha * z - torch.maximum(torch.minimum(x, hi.to(z.dtype)), lo.to(z.dtype))) / sigma
+    return v_of
+
+
 def prediction_loss(out: Tensor, z: Tensor, v_target: Tensor, t: Tensor, schedule: CosineSchedule,
                     prediction: Prediction) -> Tensor:
     """Per-item loss -> (B,): ``mean((v_hat - v)^2)`` for v; for x the same with sigma floored (module doc)."""
@@ -114,19 +125,28 @@ def v_loss(model_fn: ModelFn, schedule: CosineSchedule, x: Tensor, t: Tensor, no
 
 
 def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..., Tensor], layers: Tensor,
-                    voxels: Tensor, cond: Tensor, schedule: CosineSchedule,
-                    generator: torch.Generator | None = None, prediction: Prediction = "v") -> dict[str, Tensor]:
-    """v-losses of both networks on one preprocessed batch (see :class:`pipeline.physics.preprocessing.Preprocessed`).
+                    voxels: Tensor | None, cond: Tensor, schedule: CosineSchedule,
+                    generator: torch.Generator | None = None, prediction: Prediction = "v",
+                    networks: Sequence[str] = NETWORKS) -> dict[str, Tensor]:
+    """v-losses of the ``networks`` (``layers``, ``voxels``) on one preprocessed batch (see
+    :class:`pipeline.physics.preprocessing.Preprocessed`).
 
     Each network gets its own uniform times and Gaussian noise (from ``generator`` when given, which
     must live on the batch's device). The voxel network is conditioned on the true layer energies.
-    Returns ``{"loss": layer + voxel, "layer": ..., "voxel": ...}`` (batch means).
+    Returns ``{"loss": layer + voxel, "layer": ..., "voxel": ...}`` (batch means; 0 for a network not trained,
+    whose model is then not called: ``voxels`` may be None when only the layers are trained).
     """
     b, dev = layers.shape[0], layers.device
-    t_layer = torch.rand(b, device=dev, generator=generator)
-    t_voxel = torch.rand(b, device=dev, generator=generator)
-    n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
-    n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
-    layer = v_loss(lambda z, t: layer_model(z, t, cond), schedule, layers, t_layer, n_layer, prediction).mean()
-    voxel = v_loss(lambda z, t: voxel_model(z, t, cond, layers), schedule, voxels, t_voxel, n_voxel, prediction).mean()
+    train_layers, train_voxels = "layers" in networks, "voxels" in networks
+    assert voxels is not None or not train_voxels, "training the voxel network needs the voxels"
+    t_layer = torch.rand(b, device=dev, generator=generator) if train_layers else None  # draw order as with both
+    t_voxel = torch.rand(b, device=dev, generator=generator) if train_voxels else None
+    layer = voxel = torch.zeros((), device=dev)
+    if t_layer is not None:
+        n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
+        layer = v_loss(lambda z, t: layer_model(z, t, cond), schedule, layers, t_layer, n_layer, prediction).mean()
+    if t_voxel is not None and voxels is not None:
+        n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
+        voxel = v_loss(lambda z, t: voxel_model(z, t, cond, layers), schedule, voxels, t_voxel, n_voxel,
+                       prediction).mean()
     return {"loss": layer + voxel, "layer": layer, "voxel": voxel}

@@ -1,5 +1,5 @@
 """Shower synthesis with the two networks: layer energies first, then voxels conditioned on them, then the
-inverse preprocessing."""
+inverse preprocessing; and the layer energies alone (:func:`synthesize_layers`, for the layer network by itself)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from pipeline.diffusion.noise import NoiseSource
 from pipeline.diffusion.sampler import sample
-from pipeline.diffusion.schedule import CosineSchedule, Prediction, as_v
+from pipeline.diffusion.schedule import CosineSchedule, Prediction, as_v, clipped_x
 from pipeline.physics.preprocessing import Preprocessor
 
 
@@ -18,14 +18,20 @@ from pipeline.physics.preprocessing import Preprocessor
 def synthesize(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, voxel_model: nn.Module,
              preprocessor: Preprocessor, steps: int, *, schedule: CosineSchedule = CosineSchedule(),
              eta: float = 0.0, layer_steps: int | None = None, threshold: bool = True,
-             prediction: Prediction = "v") -> Tensor:
+             prediction: Prediction = "v", layers: Tensor | None = None,
+             layer_prediction: Prediction | None = None, clip: bool = False,
+             threshold_fractions: bool = False) -> Tensor:
     """Showers ``(B, L, A, R)`` in MeV (in the models' dtype, on the voxel model's device) for incident ``energies``
     (B,) in MeV; shower i depends only on ``(energies[i], seeds[i])``, not on the batch.
 
     ``steps`` DDIM steps for the voxels and ``layer_steps`` (default ``steps``) for the layer
     energies; ``eta > 0`` makes both samplers stochastic. Models are used as given (call ``.eval()``,
     wrap in ``torch.autocast`` if wanted); the preprocessor must be on the models' device. ``prediction``: what
-    the networks output (``diffusion.prediction``).
+    the networks output (``diffusion.prediction``). ``layers`` (B, L), preprocessed, replaces the layer network's
+    sample (the voxel network alone, conditioned on given layer energies); ``layer_prediction`` (default
+    ``prediction``) is the layer network's, when it comes from another run. ``clip`` clips every step's clean-sample
+    estimate to the physical range of each bin (``generate.clip_x``); ``threshold_fractions``: see
+    :meth:`Preprocessor.inverse`.
     """
     if len(seeds) != len(energies):
         raise ValueError(f"{len(seeds)} seeds for {len(energies)} energies")
@@ -39,9 +45,42 @@ def synthesize(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, v
     def stepper(shape: tuple[int, ...], stream: str):  # noqa: ANN202 - StepNoise
         return lambda step: noise(shape, step, stream)
 
-    layer_v, voxel_v = as_v(layer_model, schedule, prediction), as_v(voxel_model, schedule, prediction)
-    layers = sample(lambda z, t: layer_v(z, t, cond), noise((L,), 0, "layers"), schedule,
-                    layer_steps or steps, eta=eta, step_noise=stepper((L,), "layers"))
+    layer_v = as_v(layer_model, schedule, layer_prediction or prediction)
+    voxel_v = as_v(voxel_model, schedule, prediction)
+    if clip:
+        (layer_lo, layer_hi), (voxel_lo, voxel_hi) = preprocessor.bounds()
+        layer_v = clipped_x(layer_v, schedule, layer_lo, layer_hi)
+        voxel_v = clipped_x(voxel_v, schedule, voxel_lo, voxel_hi)
+    if layers is None:
+        layers = sample(lambda z, t: layer_v(z, t, cond), noise((L,), 0, "layers"), schedule,
+                        layer_steps or steps, eta=eta, step_noise=stepper((L,), "layers"))
+    else:
+        layers = layers.to(device, dtype)
     voxels = sample(lambda z, t: voxel_v(z, t, cond, layers), noise((L, A, R), 0, "voxels"), schedule,
                     steps, eta=eta, step_noise=stepper((L, A, R), "voxels"))
-    return preprocessor.inverse(layers.to(dtype), voxels.to(dtype), energies, threshold=threshold)
+    return preprocessor.inverse(layers.to(dtype), voxels.to(dtype), energies, threshold=threshold,
+                                threshold_fractions=threshold_fractions)
+
+
+@torch.no_grad()
+def synthesize_layers(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, preprocessor: Preprocessor,
+                      steps: int, *, schedule: CosineSchedule = CosineSchedule(), eta: float = 0.0,
+                      threshold: bool = True, prediction: Prediction = "v", clip: bool = False) -> Tensor:
+    """Layer energies ``(B, L)`` in MeV from the layer network alone, with the same noise as :func:`synthesize`
+    (so shower i's layer energies are the ones its voxels would be conditioned on). With ``threshold`` a layer
+    below the readout threshold is set to 0: it can hold no voxel above the threshold, so the whole chain
+    would read it as empty."""
+    if len(seeds) != len(energies):
+        raise ValueError(f"{len(seeds)} seeds for {len(energies)} energies")
+    param = next(layer_model.parameters())
+    energies = energies.to(param.device)
+    noise = NoiseSource(seeds, param.device, param.dtype)
+    cond = preprocessor.condition(energies, param.dtype)
+    L = preprocessor.shape[0]
+    layer_v = as_v(layer_model, schedule, prediction)
+    if clip:
+        layer_v = clipped_x(layer_v, schedule, *preprocessor.bounds()[0])
+    layers = sample(lambda z, t: layer_v(z, t, cond), noise((L,), 0, "layers"), schedule, steps, eta=eta,
+                    step_noise=lambda step: noise((L,), step, "layers"))
+    e_layer = preprocessor.layer_energies(layers.to(param.dtype), energies)
+    return torch.where(e_layer >= preprocessor.threshold_mev, e_layer, 0.0) if threshold else e_layer

@@ -4,6 +4,7 @@
     srun -N 8 --ntasks-per-node 4 --gpus-per-node 4 python -m pipeline.generate --config configs/ds3.yaml
     sbatch --array 0-15 ... python -m pipeline.generate --config ... --rank $SLURM_ARRAY_TASK_ID --world-size 16
     python -m pipeline.generate --config configs/ds3.yaml --finalize               # only check blocks, write manifest
+    python -m pipeline.generate --config configs/ds3.yaml --layer-model runs/ds3_layers/distill/stage_5
 
 Shower ``i`` gets the incident energy and the noise of ``(generate.seed, i)`` alone: log-uniform in
 ``generate.energy_range`` or the i-th energy of ``generate.energies_from`` (so a sample matches a reference
@@ -49,6 +50,8 @@ def sample_plan(cfg: Config, sampler: Sampler, energies: IncidentEnergies, n: in
     return {"n": n, "seed": g.seed, "block_size": g.block_size, "geometry": sampler.geometry.name,
             "model_dir": sampler.info["model_dir"], "stage": sampler.info["stage"],
             "sample_steps": sampler.steps, "eta": sampler.eta, "ema_sha256": sampler.info["ema_sha256"],
+            **({"clip_x": True} if g.clip_x else {}), **({"threshold_fractions": True} if g.threshold_fractions else {}),
+            **({"layer_ema_sha256": sampler.info["layer_model"]["ema_sha256"]} if "layer_model" in sampler.info else {}),
             **energies.describe()}
 
 
@@ -64,7 +67,8 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
     g = cfg.generate
     torch.backends.cudnn.benchmark = g.cudnn_benchmark and device.type == "cuda"
     sampler = load_sampler(run_layout.model_dir(cfg), device, compile=g.compile, compile_mode=g.compile_mode,
-                           channels_last=g.channels_last)
+                           channels_last=g.channels_last, layer_model_dir=Path(g.layer_model) if g.layer_model else None,
+                           clip_x=g.clip_x, threshold_fractions=g.threshold_fractions)
     if sampler.geometry.name != cfg.data.geometry:
         raise ConfigError(f"data.geometry: {cfg.data.geometry}, but the model was trained on {sampler.geometry.name}")
     if g.energies_from is not None and not Path(g.energies_from).exists() and g.energies_from == cfg.evaluate.reference \
@@ -119,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p)
     p.add_argument("--model", help="final, teacher, stage_K or a run directory (generate.model)")
+    p.add_argument("--layer-model", help="run directory of a layer network trained apart (generate.layer_model)")
     p.add_argument("--n", type=int, help="number of showers (generate.n)")
     p.add_argument("--out", help="zarr sample to write (generate.out)")
     p.add_argument("--rank", type=int, help="this process's rank, e.g. $SLURM_ARRAY_TASK_ID (with --world-size)")
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--finalize", action="store_true", help="only check that every block is done and write the manifest")
     args = p.parse_args(argv)
     overrides = list(args.overrides)
-    for key, value in (("model", args.model), ("n", args.n), ("out", args.out)):
+    for key, value in (("model", args.model), ("layer_model", args.layer_model), ("n", args.n), ("out", args.out)):
         if value is not None:
             overrides.append(f"generate.{key}={json.dumps(value)}")
     if (args.rank is None) != (args.world_size is None):

@@ -59,12 +59,15 @@ def is_live(state: Optional[str]) -> bool:
 
 
 def chain(cfg: Config) -> list[Stage]:
-    """Every stage of the run in dependency order."""
+    """Every stage of the run in dependency order (a run training the layer network alone ends with its last
+    distillation stage: another run's generation takes it through ``generate.layer_model``)."""
     out = [Stage("convert", "convert", Path(cfg.data.store), None),
            Stage("train", "train", run_layout.train_dir(cfg) / run_layout.DONE_FILE, run_layout.train_dir(cfg))]
     for k in range(1, run_layout.n_stages(cfg) + 1):
         d = run_layout.distill_dir(cfg, k)
         out.append(Stage(f"distill:{k}", "distill", d / run_layout.DONE_FILE, d, ("--stage", str(k))))
+    if "voxels" not in cfg.train.networks:
+        return out
     sample = run_layout.sample_path(cfg)
     out += [Stage("generate", "generate", run_layout.sample_manifest(sample), run_layout.sample_blocks_dir(sample)),
             Stage("export", "export", run_layout.export_path(cfg), None),

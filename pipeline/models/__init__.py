@@ -29,16 +29,19 @@ def build_models(cfg: ModelConfig, geometry: Geometry) -> tuple[LayerEnergyNet, 
         raise ValueError(f"geometry {geometry.name} is not regular (L, A, R); the U-Net needs ds2/ds3-like binning")
     preset = PRESETS[cfg.preset]
     shape = geometry.shape
-    layer_net = LayerEnergyNet(shape[0], preset.layer_net, dropout=cfg.dropout, fp32=cfg.fp32_first_last)
+    freq = cfg.energy_max_freq
+    layer_net = LayerEnergyNet(shape[0], preset.layer_net, dropout=cfg.dropout, fp32=cfg.fp32_first_last,
+                               energy_max_freq=freq)
     if cfg.backbone == "transformer":
         patch = tuple(cfg.patch) if cfg.patch else PATCHES.get(geometry.name)
         if patch is None:
             raise ValueError(f"model.patch: no default patch for geometry {geometry.name}; set [layers, angle, radius]")
         voxel_net: VoxelNet = VoxelTransformer(shape, preset.transformer, patch, dropout=cfg.dropout,  # type: ignore[arg-type]
-                                               checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last)
+                                               checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last,
+                                               energy_max_freq=freq)
     else:
         voxel_net = VoxelUNet(shape, preset.unet, dropout=cfg.dropout, angle_downsample=cfg.angle_downsample,  # type: ignore[arg-type]
-                              checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last)
+                              checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last, energy_max_freq=freq)
     return layer_net, voxel_net
 
 

@@ -32,11 +32,12 @@ class _ResMLPBlock(nn.Module):
 class LayerEnergyNet(nn.Module):
     """Residual MLP predicting v for the layer-energy diffusion."""
 
-    def __init__(self, n_layers: int, spec: LayerNetSpec, *, dropout: float = 0.0, fp32: bool = True) -> None:
+    def __init__(self, n_layers: int, spec: LayerNetSpec, *, dropout: float = 0.0, fp32: bool = True,
+                 energy_max_freq: float = 100.0) -> None:
         super().__init__()
         self.n_layers, self.fp32 = n_layers, fp32
         self.time_emb = ScalarEmbedding(spec.emb_dim, max_freq=1000.0)
-        self.energy_emb = ScalarEmbedding(spec.emb_dim, max_freq=100.0)
+        self.energy_emb = ScalarEmbedding(spec.emb_dim, max_freq=energy_max_freq)
         self.inp = nn.Linear(n_layers, spec.width)
         self.blocks = nn.ModuleList(_ResMLPBlock(spec.width, spec.emb_dim, dropout) for _ in range(spec.depth))
         self.out_norm = nn.LayerNorm(spec.width)

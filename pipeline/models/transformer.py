@@ -43,7 +43,7 @@ class VoxelTransformer(nn.Module):
     """``forward(x (B,L,A,R), t (B,), cond (B,), layers (B,L)) -> (B,L,A,R)`` (see the module doc)."""
 
     def __init__(self, shape: Size3, spec: TransformerSpec, patch: Size3, *, dropout: float = 0.0,
-                 checkpointing: bool = False, fp32_first_last: bool = True) -> None:
+                 checkpointing: bool = False, fp32_first_last: bool = True, energy_max_freq: float = 100.0) -> None:
         super().__init__()
         self.shape, self.patch = tuple(shape), tuple(patch)
         L, A, R = self.shape
@@ -55,7 +55,7 @@ class VoxelTransformer(nn.Module):
         self.angle_factor = pA  # rolls by multiples of this commute with the network
         width, emb_dim = spec.width, spec.emb_dim
         self.time_emb = ScalarEmbedding(emb_dim, max_freq=1000.0)
-        self.energy_emb = ScalarEmbedding(emb_dim, max_freq=100.0)
+        self.energy_emb = ScalarEmbedding(emb_dim, max_freq=energy_max_freq)
         self.layer_emb = nn.Sequential(nn.Linear(L, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.embed = nn.Conv3d(2, width, kernel_size=self.patch, stride=self.patch)
         self.token_layer_energy = nn.Linear(pL, width)  # the energies of a token's own layers

@@ -72,7 +72,7 @@ class VoxelUNet(nn.Module):
     """``forward(x (B,L,A,R), t (B,), cond (B,), layers (B,L)) -> v (B,L,A,R)``."""
 
     def __init__(self, shape: Size3, spec: UNetSpec, *, dropout: float = 0.0, angle_downsample: int = 1,
-                 checkpointing: bool = False, fp32_first_last: bool = True) -> None:
+                 checkpointing: bool = False, fp32_first_last: bool = True, energy_max_freq: float = 100.0) -> None:
         super().__init__()
         self.shape, self.checkpointing, self.fp32_first_last = tuple(shape), checkpointing, fp32_first_last
         self.channels_last = False
@@ -81,7 +81,7 @@ class VoxelUNet(nn.Module):
         self.sizes, strides = level_sizes(self.shape, len(ch), angle_downsample)
         self.angle_factor = math.prod(s[1] for s in strides)
         self.time_emb = ScalarEmbedding(emb_dim, max_freq=1000.0)
-        self.energy_emb = ScalarEmbedding(emb_dim, max_freq=100.0)
+        self.energy_emb = ScalarEmbedding(emb_dim, max_freq=energy_max_freq)
         self.layer_emb = nn.Sequential(nn.Linear(L, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         def axis(n: int) -> torch.Tensor:  # -1 .. 1 by exact float64 arithmetic: the same bits on every CPU and GPU
             return (torch.arange(n, dtype=torch.float64) * 2 / max(n - 1, 1) - 1).float()  # (linspace's are not)

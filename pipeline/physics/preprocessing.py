@@ -39,7 +39,7 @@ class Preprocessed:
     """Diffusion-space view of a batch: ``layers`` (B, L), ``voxels`` (B, L, A, R), ``cond`` (B,)."""
 
     layers: Tensor
-    voxels: Tensor
+    voxels: Tensor | None  # None for :meth:`Preprocessor.from_layer_energies` (a run training the layers alone)
     cond: Tensor
 
 
@@ -95,18 +95,44 @@ class Preprocessor(nn.Module):
         log_e = torch.log(energies.to(torch.float64))
         return ((log_e - self.log_energy_mean.double()) / self.log_energy_std.double()).to(dtype)
 
-    def forward(self, showers: Tensor, energies: Tensor) -> Preprocessed:
-        """``showers`` (B, L, A, R) MeV and ``energies`` (B,) MeV -> :class:`Preprocessed`."""
+    def forward(self, showers: Tensor, energies: Tensor, dequantize: torch.Generator | None = None) -> Preprocessed:
+        """``showers`` (B, L, A, R) MeV and ``energies`` (B,) MeV -> :class:`Preprocessed`.
+
+        With a ``dequantize`` generator, each empty voxel of a non-empty layer gets a random fraction, uniform below
+        the one the readout threshold stands for (``threshold / E_layer``), instead of 0 (``train.dequantize_empty``):
+        the inverse maps any such value back to 0, so the network may err anywhere below the threshold.
+        """
         if tuple(showers.shape[1:]) != self.shape:
             raise ValueError(f"showers of shape {tuple(showers.shape)} do not match geometry shape {self.shape}")
         dtype = showers.dtype
-        e_inc = energies.to(dtype).reshape(-1, 1)
         e_layer = showers.sum(dim=(2, 3))
-        layers = (logit(e_layer / e_inc) - self.layer_mean.to(dtype)) / self.layer_std.to(dtype)
         denom = e_layer.reshape(*e_layer.shape, 1, 1)
         frac = torch.where(denom > 0, showers / denom.clamp_min(torch.finfo(dtype).tiny), torch.zeros_like(showers))
+        if dequantize is not None:
+            below = (self.threshold_mev / denom.clamp_min(torch.finfo(dtype).tiny)).clamp(max=1.0)
+            u = torch.rand(showers.shape, generator=dequantize, device=showers.device, dtype=dtype)
+            frac = torch.where((showers <= 0) & (denom > 0), u * below, frac)
         voxels = (logit(frac) - self.voxel_mean.to(dtype)) / self.voxel_std.to(dtype)
-        return Preprocessed(layers, voxels, self.condition(energies, dtype))
+        return Preprocessed(self._layers(e_layer, energies), voxels, self.condition(energies, dtype))
+
+    def from_layer_energies(self, e_layer: Tensor, energies: Tensor) -> Preprocessed:
+        """Layer energies (B, L) in MeV and ``energies`` (B,) -> :class:`Preprocessed` without voxels."""
+        if e_layer.shape[1:] != (self.shape[0],):
+            raise ValueError(f"layer energies of shape {tuple(e_layer.shape)} do not match {self.shape[0]} layers")
+        return Preprocessed(self._layers(e_layer, energies), None, self.condition(energies, e_layer.dtype))
+
+    def _layers(self, e_layer: Tensor, energies: Tensor) -> Tensor:
+        dtype = e_layer.dtype
+        u = e_layer / energies.to(dtype).reshape(-1, 1)
+        return (logit(u) - self.layer_mean.to(dtype)) / self.layer_std.to(dtype)
+
+    def bounds(self) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """The physical range of each bin in diffusion space: ``((lo, hi) of the layers (L,), (lo, hi) of the voxels
+        (L, 1, R))``, the standardised logits of the fractions 0 and 1."""
+        ends = logit(torch.tensor([0.0, 1.0], dtype=torch.float64, device=self.layer_mean.device)).float()
+        layers = tuple((e - self.layer_mean) / self.layer_std for e in ends)
+        voxels = tuple((e - self.voxel_mean) / self.voxel_std for e in ends)
+        return layers, voxels  # type: ignore[return-value]
 
     # ----------------------------------------------------------------- inverse
     def layer_energies(self, layers: Tensor, energies: Tensor) -> Tensor:
@@ -115,18 +141,29 @@ class Preprocessor(nn.Module):
         u = inverse_logit(layers * self.layer_std.to(dtype) + self.layer_mean.to(dtype))
         return u * energies.to(dtype).reshape(-1, 1)
 
-    def voxel_fractions(self, voxels: Tensor) -> Tensor:
-        """Per-layer voxel fractions (B, L, A, R), non-negative and summing to 1 in every layer."""
+    def voxel_fractions(self, voxels: Tensor, below: Tensor | None = None) -> Tensor:
+        """Per-layer voxel fractions (B, L, A, R), non-negative and summing to 1 in every layer; fractions under
+        ``below`` (B, L, 1, 1) are set to 0 first (unless that empties the layer)."""
         dtype = voxels.dtype
         frac = inverse_logit(voxels * self.voxel_std.to(dtype) + self.voxel_mean.to(dtype))
+        if below is not None:
+            kept = torch.where(frac >= below, frac, torch.zeros_like(frac))
+            frac = torch.where(kept.sum(dim=(2, 3), keepdim=True) > 0, kept, frac)
         total = frac.sum(dim=(2, 3), keepdim=True)
         uniform = torch.full_like(frac, 1.0 / (self.shape[1] * self.shape[2]))
         return torch.where(total > 0, frac / total.clamp_min(torch.finfo(dtype).tiny), uniform)
 
-    def inverse(self, layers: Tensor, voxels: Tensor, energies: Tensor, *, threshold: bool = True) -> Tensor:
-        """Showers (B, L, A, R) in MeV; each layer sums to its layer energy before thresholding."""
+    def inverse(self, layers: Tensor, voxels: Tensor, energies: Tensor, *, threshold: bool = True,
+                threshold_fractions: bool = False) -> Tensor:
+        """Showers (B, L, A, R) in MeV; each layer sums to its layer energy before thresholding.
+
+        ``threshold_fractions`` (``generate.threshold_fractions``): fractions below ``threshold / E_layer`` (voxels the
+        threshold would zero anyway) are zeroed before the normalisation, so their sum is not taken from the hits.
+        """
         e_layer = self.layer_energies(layers, energies)
-        showers = self.voxel_fractions(voxels) * e_layer.reshape(*e_layer.shape, 1, 1)
+        scale = e_layer.reshape(*e_layer.shape, 1, 1)
+        below = self.threshold_mev / scale.clamp_min(torch.finfo(scale.dtype).tiny) if threshold_fractions else None
+        showers = self.voxel_fractions(voxels, below) * scale
         return self.apply_threshold(showers) if threshold else showers
 
     def apply_threshold(self, showers: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """Exponential moving average of the weights (fp32), updated once per optimiser step.
 
 ``ema <- ema + (1 - d) (w - ema)``, ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates (the usual
-warm-up, so early averages are not dominated by the random initialisation). Buffers are copied.
+warm-up, so early averages are not dominated by the random initialisation). Buffers are copied. Frozen
+parameters (a network this run does not train, ``train.networks``) are skipped: their average is themselves.
 :func:`export_ema` writes the EMA weights on their own (:mod:`pipeline.models.ema_weights`) for
 distillation and generation.
 """
@@ -35,9 +36,11 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """One update from the trained ``model`` (same architecture as the copy)."""
         weight = 1.0 - self.current_decay()
-        ema_params, params = list(self.module.parameters()), [p.detach() for p in model.parameters()]
-        if len(ema_params) != len(params):
-            raise ValueError(f"EMA of {len(ema_params)} tensors updated from a model with {len(params)}")
+        ema_all, all_params = list(self.module.parameters()), list(model.parameters())
+        if len(ema_all) != len(all_params):
+            raise ValueError(f"EMA of {len(ema_all)} tensors updated from a model with {len(all_params)}")
+        pairs = [(e, p.detach()) for e, p in zip(ema_all, all_params) if p.requires_grad]
+        ema_params, params = [e for e, _ in pairs], [p for _, p in pairs]
         if any(p.dtype != e.dtype for p, e in zip(params, ema_params)):
             params = [p.to(e.dtype) for p, e in zip(params, ema_params)]
         torch._foreach_lerp_(ema_params, params, weight)  # one fused update instead of a launch per tensor

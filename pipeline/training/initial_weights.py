@@ -37,7 +37,8 @@ def student_of(teacher: Teacher, pair: DiffusionPair, device: torch.device, mode
     except RuntimeError as err:
         raise CheckpointError(f"{teacher.ema}: the teacher's weights do not fit {model_name}: {err}") from None
     frozen = copy.deepcopy(pair)
-    return DistillationPair(pair.layer_net, pair.voxel_unet, pair.schedule, frozen, teacher.student_steps)
+    return DistillationPair(pair.layer_net, pair.voxel_unet, pair.schedule, frozen, teacher.student_steps,
+                            pair.networks)
 
 
 def load_init_from(init_from: str, model: DiffusionPair, device: torch.device) -> dict[str, torch.Tensor] | None:

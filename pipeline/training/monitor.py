@@ -13,6 +13,12 @@ with those validation showers with :mod:`pipeline.evaluation`'s own code:
 - generation ms per shower (per rank); in a distillation stage also how far the student's showers are from its
   teacher's (2x steps) for the same noise: relative L1 of the voxels and the mean |log E_tot ratio|.
 
+A run that trains one network alone (``train.networks``) is monitored on that network: the layer network alone
+by its layer energies (:mod:`pipeline.evaluation.layer_fidelity`: E_tot/E_inc and layer separations, the response,
+and a classifier AUC on the layer energies when M >= :data:`CLASSIFIER_MIN_SHOWERS`); the voxel network alone by
+whole showers whose voxels it samples for the validation showers' true layer energies (every rank then reads the
+validation showers).
+
 Rows go to ``logs/monitor.csv`` and TensorBoard (``monitor/*`` scalars, and a figure of the longitudinal and
 radial profiles and the E_tot/E_inc histogram). The monitor draws from its own random streams and restores
 every global RNG state, so a run ends with the same weights with it on or off, and resumes bit for bit.
@@ -32,8 +38,9 @@ import torch
 from pipeline.config import Config
 from pipeline.data.samples import ArraySample
 from pipeline.data.shower_store import ShowerStore
-from pipeline.diffusion import CosineSchedule, shower_seed, synthesize
+from pipeline.diffusion import CosineSchedule, shower_seed, synthesize, synthesize_layers
 from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, classifier_test
+from pipeline.evaluation.layer_fidelity import compare_layer_energies
 from pipeline.evaluation.observables import FAMILIES, SampleObservables, compute_observables
 from pipeline.evaluation.physics_distance import fpd, kpd
 from pipeline.evaluation.plots import profiles_figure
@@ -85,16 +92,22 @@ class FidelityMonitor:
     def __init__(self, cfg: Config, store: ShowerStore, pre: Preprocessor, env: DistEnv, device: torch.device,
                  precision: str, log: TrainLogger) -> None:
         t = cfg.train
-        showers, self.energies = validation_showers(store, t.eval_showers, showers=env.is_main)  # rank 0 compares
+        self.networks = tuple(t.networks)
+        self.layers_only, voxels_only = "voxels" not in self.networks, "layers" not in self.networks
+        showers, self.energies = validation_showers(store, t.eval_showers, showers=env.is_main or voxels_only)
         if self.energies.size < 2:
             raise ValueError(f"train.eval_every_steps: {store.path} has no validation showers to compare with")
         self.env, self.device, self.precision, self.log, self.pre = env, device, precision, log, pre
         self.geometry, self.bins = store.geometry, t.eval_bins
         self.steps = t.eval_sample_steps or cfg.diffusion.sample_steps
-        self.schedule, self.eta = CosineSchedule.from_config(cfg.diffusion), cfg.diffusion.eta
+        self.schedule, self.eta, self.clip = CosineSchedule.from_config(cfg.diffusion), cfg.diffusion.eta, cfg.generate.clip_x
+        self.threshold_fractions = cfg.generate.threshold_fractions
         self.mine = np.arange(env.rank, self.energies.size, env.world_size)  # this rank's positions in the sample
+        layer_energies = self.geometry.layer_energies(showers) if showers is not None else None
+        self.true_layers = layer_energies[self.mine] if voxels_only else None  # the voxel network's conditions
         self.reference: SampleObservables | None = None
-        if env.is_main:
+        self.reference_layers = layer_energies if self.layers_only else None
+        if env.is_main and not self.layers_only:
             self.reference = compute_observables(ArraySample(showers, self.energies, self.geometry, "validation"))
         self.teacher_showers: np.ndarray | None = None
         self.notes: set[str] = set()
@@ -105,14 +118,22 @@ class FidelityMonitor:
         t0 = time.perf_counter()
         energies = torch.from_numpy(self.energies[self.mine])
         seeds = [shower_seed(MONITOR_SEED, int(i)) for i in self.mine]
-        mine = np.zeros((0, self.geometry.n_voxels), np.float32)
+        width = self.geometry.n_layers if self.layers_only else self.geometry.n_voxels
+        mine = np.zeros((0, width), np.float32)
         if len(seeds):
+            kwargs = {"schedule": self.schedule, "eta": self.eta, "prediction": model.prediction, "clip": self.clip}
+            voxel_kwargs = {"threshold_fractions": self.threshold_fractions}
             with autocast(self.precision, self.device):
-                mine = synthesize(energies, seeds, model.layer_net, model.voxel_unet, self.pre, steps,
-                                  schedule=self.schedule, eta=self.eta, prediction=model.prediction).float().cpu().numpy()
-            mine = mine.reshape(len(seeds), -1)
+                if self.layers_only:
+                    out_t = synthesize_layers(energies, seeds, model.layer_net, self.pre, steps, **kwargs)
+                else:
+                    given = None if self.true_layers is None else self.pre.from_layer_energies(
+                        torch.from_numpy(self.true_layers).float().to(self.device), energies.to(self.device)).layers
+                    out_t = synthesize(energies, seeds, model.layer_net, model.voxel_unet, self.pre, steps,
+                                       layers=given, **kwargs, **voxel_kwargs)
+            mine = out_t.float().cpu().numpy().reshape(len(seeds), -1)
         ms = 1e3 * (time.perf_counter() - t0) / max(len(seeds), 1)
-        out = np.zeros((self.energies.size, self.geometry.n_voxels), np.float32)
+        out = np.zeros((self.energies.size, width), np.float32)
         for rank, part in enumerate(gathered(mine)):
             out[rank::self.env.world_size] = part
         return out, ms
@@ -122,13 +143,36 @@ class FidelityMonitor:
         t0 = time.perf_counter()
         with preserved_rng(self.device):
             showers, gen_ms = self._generate(model, self.steps)
-            if teacher is not None and self.teacher_showers is None:
+            if teacher is not None and self.teacher_showers is None and not self.layers_only:
                 self.teacher_showers, _ = self._generate(teacher, 2 * self.steps)
             if self.env.is_main:
                 self._report(step, showers, gen_ms, t0)
         return time.perf_counter() - t0
 
+    def _report_layers(self, step: int, layers: np.ndarray, gen_ms: float, t0: float) -> None:
+        assert self.reference_layers is not None
+        n = layers.shape[0]
+        cls = ClassifierConfig(max_epochs=20, patience=3) if n >= CLASSIFIER_MIN_SHOWERS else None
+        if cls is None:
+            self._note(f"the layer classifier AUC needs >= {CLASSIFIER_MIN_SHOWERS} showers per sample (train.eval_showers "
+                       f"is {n}): not computed")
+        result = compare_layer_energies(layers.astype(np.float64), self.reference_layers, self.energies, self.energies,
+                                        bins=self.bins, classifier=cls)
+        keys = ("etot_einc", "etot_einc_floor", "e_layer", "e_layer_floor", "response_generated", "response_reference",
+                "classifier_auc")
+        row: dict[str, Any] = {"showers": n, "sample_steps": self.steps, "generation_ms_per_shower": gen_ms,
+                               **{k: result[k] for k in keys if k in result}}
+        row["monitor_seconds"] = time.perf_counter() - t0
+        self.log.table_row("monitor", COLUMNS, step, row)
+        auc = f", layer classifier AUC {row['classifier_auc']:.3f}" if "classifier_auc" in row else ""
+        self.log.message(f"monitor step {step} (layer network): E_tot/E_inc {row['etot_einc']:.3f} (floor "
+                         f"{row['etot_einc_floor']:.3f}), e_layer {row['e_layer']:.3f} ({row['e_layer_floor']:.3f}), "
+                         f"response {row['response_generated']:.4f} vs {row['response_reference']:.4f}{auc}; "
+                         f"{gen_ms:.2f} ms/shower, {row['monitor_seconds']:.1f} s")
+
     def _report(self, step: int, showers: np.ndarray, gen_ms: float, t0: float) -> None:
+        if self.layers_only:
+            return self._report_layers(step, showers, gen_ms, t0)
         ref = self.reference
         assert ref is not None
         gen = compute_observables(ArraySample(showers, self.energies, self.geometry, "generated"))

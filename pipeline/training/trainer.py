@@ -27,7 +27,7 @@ from pipeline.data.shower_store import ShowerStore
 from pipeline.data.stream import ShowerStream
 from pipeline.diffusion import CosineSchedule
 from pipeline.models import build_models
-from pipeline.physics.preprocessing import Preprocessor
+from pipeline.physics.preprocessing import Preprocessed, Preprocessor
 from pipeline.runtime.distributed import DistEnv, decided_on_main
 from pipeline.runtime.exit_codes import EXIT_DONE, EXIT_NONFINITE, EXIT_REQUEUE
 from pipeline.runtime.files import atomic_write_json, utc_now
@@ -90,7 +90,8 @@ class Trainer:
         unet.use_channels_last(self.t.channels_last)
         torch.backends.cudnn.benchmark = cuda and self.t.cudnn_benchmark
         schedule = CosineSchedule.from_config(cfg.diffusion)
-        model = DiffusionPair(layer_net, unet, schedule, cfg.diffusion.prediction).to(self.device)
+        self.networks = tuple(self.t.networks)
+        model = DiffusionPair(layer_net, unet, schedule, cfg.diffusion.prediction, self.networks).to(self.device)
         if teacher is not None:
             model = student_of(teacher, model, self.device, f"model.preset {cfg.model.preset!r} on {cfg.data.geometry}")
         init_ema = load_init_from(self.t.init_from, model, self.device) if self.t.init_from else None
@@ -103,9 +104,11 @@ class Trainer:
         self.noise = torch.Generator(device=self.device)
         self.noise.manual_seed(seed_for(seed, env.rank, _NOISE))
         d = cfg.data
+        self.view = "showers" if "voxels" in self.networks else "layers"  # the layers alone: resident layer sums
         self.stream = ShowerStream(store, self.per_rank, split="train", rank=env.rank, world_size=env.world_size,
                                    seed=seed, shuffle_chunks=d.shuffle_chunks, num_workers=d.num_workers,
-                                   prefetch_chunks=d.prefetch_chunks, resident=d.resident, device=self.device)
+                                   prefetch_chunks=d.prefetch_chunks, resident=d.resident or self.view == "layers",
+                                   device=self.device, view=self.view)
         self.ckpt = Checkpointer(self.run_dir, env.rank, env.world_size, keep=self.t.keep_checkpoints)
         self.step = self.samples = 0
         self.last: dict[str, float] = {}  # latest reduced losses by name
@@ -219,14 +222,19 @@ class Trainer:
         for micro in range(self.t.grad_accum):
             if micro:
                 self.engine.step()  # not a boundary: DeepSpeed only accumulates
-            batch = next(batches)
             with torch.no_grad():
-                p = self.pre(batch["showers"].to(self.device), batch["energies"].to(self.device))
+                p = self._preprocess(next(batches), self.noise)
             with autocast(self.precision, self.device):
                 out = self.engine(p.layers, p.voxels, p.cond, generator=self.noise)
             self.engine.backward(out["loss"])
             sums += torch.stack([out["loss"], out["layer"], out["voxel"]]).detach().double()
         return sums
+
+    def _preprocess(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> Preprocessed:
+        energies = batch["energies"].to(self.device)
+        if self.view == "layers":
+            return self.pre.from_layer_energies(batch["layer_energies"].to(self.device), energies)
+        return self.pre(batch["showers"].to(self.device), energies, generator if self.t.dequantize_empty else None)
 
     def _near_time_limit(self, step_times: list[float]) -> bool:
         if self.time_limit is None:
@@ -245,7 +253,7 @@ class Trainer:
         stream = ShowerStream(self.store, self.per_rank, split="validation", rank=self.env.rank,
                               world_size=self.env.world_size, seed=self.cfg.run.seed, shuffle=False,
                               num_workers=d.num_workers, prefetch_chunks=d.prefetch_chunks, device=self.device,
-                              epochs=1)
+                              epochs=1, view=self.view)
         n = min(self.t.val_batches, len(stream))
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed_for(self.cfg.run.seed, self.env.rank, _VALIDATION))
@@ -255,8 +263,7 @@ class Trainer:
         batches = iter(stream)
         try:
             for _ in range(n):
-                batch = next(batches)
-                p = self.pre(batch["showers"].to(self.device), batch["energies"].to(self.device))
+                p = self._preprocess(next(batches), gen)
                 state = gen.get_state()
                 with autocast(self.precision, self.device):
                     out = model(p.layers, p.voxels, p.cond, generator=gen)
@@ -340,7 +347,7 @@ class Trainer:
                        epoch=self.stream.epoch, ema=str(rel), ema_format=tensor_suffix()[1:],
                        checkpoint=f"checkpoints/{tag_for(self.step)}", world_size=self.env.world_size,
                        zero_stage=self.t.zero_stage, precision=self.precision, launcher=self.env.source,
-                       final_losses=self.last, ranks_agree=True, **self.done_fields, **digests)
+                       final_losses=self.last, ranks_agree=True, networks=list(self.networks), **self.done_fields, **digests)
             log.message(f"train: done, {self.step} steps; EMA weights in {self.run_dir / rel}")
         dist.barrier()
         return TrainResult("done", self.step, self.run_dir)
