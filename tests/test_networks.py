@@ -151,3 +151,26 @@ def test_separate_runs_distill_and_generate_together(tmp_path, store):
     sample = open_sample(str(tmp_path / "voxels.zarr"), "ds2")
     block = next(sample.blocks())
     assert np.isfinite(block.showers).all() and (block.showers >= 0).all() and block.showers.sum() > 0
+
+
+def test_a_layer_model_must_share_geometry_statistics_and_schedule(tmp_path, monkeypatch, store):
+    from pipeline.generation import sampler as sampler_module
+
+    stats = ShowerStore(store).stats
+    cfg = load_config(write_config(tmp_path / "c.yaml", store, tmp_path / "run"))
+
+    def run(networks, geometry="ds2", shift=0.0, logsnr_max=20.0):
+        other = {**stats, "log_energy": {**stats["log_energy"], "mean": np.asarray(stats["log_energy"]["mean"]) + shift}}
+        c = load_config(write_config(tmp_path / "d.yaml", store, tmp_path / "run"), [f"diffusion.logsnr_max={logsnr_max}"])
+        return sampler_module._Run(tmp_path / "layers", {"networks": networks, "geometry": geometry}, c, {}, other)
+
+    voxels = sampler_module._Run(tmp_path / "voxels", {"networks": ["voxels"], "geometry": "ds2"}, cfg, {}, stats)
+    for kwargs, message in (({"networks": ["voxels"]}, "did not train the layer network"),
+                            ({"networks": ["layers"], "geometry": "ds3"}, "was trained on ds3"),
+                            ({"networks": ["layers"], "shift": 0.1}, "standardises log_energy"),
+                            ({"networks": ["layers"], "logsnr_max": 15.0}, "another noise schedule")):
+        monkeypatch.setattr(sampler_module, "_read_run", lambda *a, kw=kwargs: run(**kw))
+        with pytest.raises(ConfigError, match=message):
+            sampler_module._layer_run(voxels, tmp_path / "layers", torch.device("cpu"))
+    monkeypatch.setattr(sampler_module, "_read_run", lambda *a: run(["layers"]))
+    assert sampler_module._layer_run(voxels, tmp_path / "layers", torch.device("cpu")).dir == tmp_path / "layers"

@@ -1,0 +1,269 @@
+"""Fidelity benchmark: the real stages (train -> distill -> generate -> evaluate) under wall-clock budgets, and
+the learning curves and per-stage fidelity they reach.
+
+    .venv/bin/python benchmarks/fidelity.py --config configs/fidelity_ds2_cpu.yaml --train-minutes 50 \
+        --distill-minutes 5 [--threads 1] [--plot docs/fidelity_ds2.png] [--set KEY=VALUE ...]
+    .venv/bin/python benchmarks/fidelity.py --config configs/fidelity_ds3_layers_cpu.yaml --train-minutes 20 \
+        --distill-minutes 6 --plot docs/fidelity_ds3_layers.png
+    python benchmarks/fidelity.py --config configs/fidelity_ds2_gpu.yaml --train-minutes 5 --distill-minutes 1
+
+Every stage is the project's own command in a subprocess (``data_tools.convert``, ``pipeline.train``,
+``pipeline.distill --stage K``, ``pipeline.generate``, ``pipeline.evaluate``). A training or distillation stage
+gets ``--time-limit`` = its budget; when the budget ends it first (exit 75), the stage is closed at the step it
+reached (re-run with ``max_steps`` = that step: the EMA export and ``DONE.json`` are written), so the next stage
+always has a finished teacher. A stage with a ``DONE.json`` is skipped, so re-running resumes (and re-running
+with sampling-time overrides such as ``--set generate.clip_x=true --out fidelity_clip.json`` re-evaluates).
+
+Then, for the teacher and every distillation stage:
+
+- whole model (``train.networks`` has ``voxels``): ``pipeline.generate`` one shower per reference energy and
+  ``pipeline.evaluate`` (AUC low/high, FPD, KPD, separation powers), with the generation ms per shower;
+- layer network alone (``train.networks: [layers]``): the layer energies its sampler makes for the reference's
+  incident energies (layers below the readout threshold zeroed), compared with
+  :func:`pipeline.evaluation.layer_fidelity.compare_layer_energies` (classifier AUC on
+  ``(log E_inc, layer energies / E_inc, E_tot / E_inc)``, mean of 3 runs; E_tot/E_inc and layer separation powers).
+
+The training run's fidelity monitor (``logs/monitor.csv``) gives the curve during training. Writes
+``<run.dir>/fidelity.json`` and prints the tables as markdown; ``--plot`` draws the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import Config, load_config  # noqa: E402
+from pipeline.data import run_layout  # noqa: E402
+
+CURVES = ("etot_einc", "e_layer", "width_x", "sparsity", "classifier_auc")
+
+
+def command(args: argparse.Namespace, module: str, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", module, "--config", args.config, *extra]
+    return cmd + [x for kv in args.set for x in ("--set", kv)]
+
+
+def run(cmd: list[str], env: dict[str, str]) -> int:
+    print(f"[fidelity] {' '.join(cmd[2:])}", flush=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+
+
+def budgeted_stage(args: argparse.Namespace, env: dict[str, str], run_dir: Path, module: str, extra: list[str],
+                   steps_key: str, minutes: float) -> dict[str, Any]:
+    """Run a training/distillation stage within ``minutes``; close it at the step reached if the budget ends it."""
+    if run_layout.read_done(run_dir) is not None:
+        print(f"[fidelity] {run_dir}: already finished", flush=True)
+        return {"seconds": None, "closed_early": None, **_done_summary(run_dir)}
+    t0 = time.perf_counter()
+    code = run(command(args, module, *extra, "--time-limit", f"{minutes}m"), env)
+    closed = False
+    if code == 75:  # the budget ended it: finish at the step reached (EMA export, DONE.json)
+        step = json.loads((run_dir / run_layout.REQUEUE_FILE).read_text())["step"]
+        code = run(command(args, module, *extra, "--set", f"{steps_key}={step}"), env)
+        closed = True
+    if code != 0:
+        raise SystemExit(f"{module} {' '.join(extra)} failed with exit code {code}")
+    return {"seconds": time.perf_counter() - t0, "closed_early": closed, **_done_summary(run_dir)}
+
+
+def _done_summary(run_dir: Path) -> dict[str, Any]:
+    done = run_layout.read_done(run_dir)
+    assert done is not None
+    return {"steps": done["step"], "sample_steps": done["sample_steps"], "run_dir": str(run_dir)}
+
+
+def monitor_rows(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "logs" / "monitor.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def whole_model_fidelity(args: argparse.Namespace, cfg: Config, env: dict[str, str], stage: int,
+                         work: Path) -> dict[str, Any]:
+    """Generate one shower per reference energy with stage ``stage`` and evaluate it with pipeline.evaluate."""
+    name = "teacher" if stage == 0 else f"stage_{stage}"
+    sample, out = work / f"{name}.zarr", work / f"evaluation_{name}"
+    if not run_layout.sample_manifest(sample).exists():
+        code = run(command(args, "pipeline.generate", "--model", name, "--out", str(sample)), env)
+        if code != 0:
+            raise SystemExit(f"pipeline.generate --model {name} failed with exit code {code}")
+    manifest = json.loads(run_layout.sample_manifest(sample).read_text())
+    if not (out / run_layout.REPORT_FILE).exists():
+        code = run(command(args, "pipeline.evaluate", "--generated", str(sample), "--out", str(out), "--quiet"), env)
+        if code != 0:
+            raise SystemExit(f"pipeline.evaluate of {sample} failed with exit code {code}")
+    report = json.loads((out / run_layout.REPORT_FILE).read_text())
+    summary = report["separation_power"]["summary"]
+    pd = report.get("physics_distance") or {}
+    return {"showers": manifest["n"], "ms_per_shower": manifest["timing"]["ms_per_shower_per_rank"],
+            "auc_low": report["classifier"].get("low", {}).get("auc"),
+            "auc_high": report["classifier"].get("high", {}).get("auc"),
+            "fpd": pd.get("fpd", {}).get("value"), "fpd_error": pd.get("fpd", {}).get("error"),
+            "etot_einc": summary["etot_einc"]["value"], "e_layer": summary["e_layer"]["mean"],
+            "width_x": summary["width_x"]["mean"], "sparsity": summary["sparsity"]["mean"],
+            "report": str(out / "report.md")}
+
+
+def layer_network_fidelity(cfg: Config, stage: int) -> dict[str, Any]:
+    """Layer energies of stage ``stage``'s layer network for the reference's incident energies, against the
+    reference's (classifier AUC, separation powers), and the generation time per shower."""
+    import torch
+
+    from pipeline.evaluation.classifier import ClassifierConfig
+    from pipeline.evaluation.layer_fidelity import compare_layer_energies, reference_layer_energies
+    from pipeline.generation.sampler import load_layer_sampler
+
+    assert cfg.evaluate.reference is not None, "evaluate.reference: the layer energies to compare with"
+    sampler = load_layer_sampler(run_layout.distill_dir(cfg, stage), torch.device("cpu"), clip_x=cfg.generate.clip_x)
+    reference, energies = reference_layer_energies(cfg.evaluate.reference, cfg.data.geometry)
+    t0 = time.perf_counter()
+    generated = sampler.sample(energies, cfg.generate.seed)
+    ms = 1e3 * (time.perf_counter() - t0) / len(energies)
+    cls = ClassifierConfig(max_epochs=cfg.evaluate.classifier_epochs, runs=3)
+    return {**compare_layer_energies(generated, reference, energies, energies, classifier=cls), "ms_per_shower": ms}
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    return "-" if x is None or x == "" else f"{float(x):.{digits}f}"
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    print("\nDuring training (fidelity monitor, EMA weights):\n")
+    auc = "AUC (layer features)" if result["mode"] == "layers" else "AUC (high-level)"
+    print(f"| step | E_tot/E_inc | layer energies | width x | sparsity | FPD | {auc} |")
+    print("|---|---|---|---|---|---|---|")
+    for r in result["curve"]:
+        print(f"| {r['step']} | {fmt(r.get('etot_einc'))} | {fmt(r.get('e_layer'))} | {fmt(r.get('width_x'))} | "
+              f"{fmt(r.get('sparsity'))} | {fmt(r.get('fpd'), 4)} | {fmt(r.get('classifier_auc'))} |")
+    print("\nPer stage:\n")
+    if result["mode"] == "layers":
+        print("| stage | sampling steps | optimiser steps | stage minutes | classifier AUC | E_tot/E_inc (floor) "
+              "| layer energies (floor) | mean E_tot/E_inc gen / ref | response wiggle | E_tot > E_inc "
+              "| empty layers gen / ref | ms per shower |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for s in result["stages"]:
+            f = s["fidelity"]
+            print(f"| {s['stage']} | {s['sample_steps']} | {s['steps']} | {fmt(_minutes(s), 1)} | "
+                  f"{fmt(f['classifier_auc'])} | {fmt(f['etot_einc'])} ({fmt(f['etot_einc_floor'])}) | "
+                  f"{fmt(f['e_layer'])} ({fmt(f['e_layer_floor'])}) | {fmt(f['response_generated'], 4)} / "
+                  f"{fmt(f['response_reference'], 4)} | {fmt(f['response_wiggle'], 4)} | {fmt(f['etot_above_einc'], 4)} | "
+                  f"{fmt(f['empty_layers_generated'])} / "
+                  f"{fmt(f['empty_layers_reference'])} | {fmt(f['ms_per_shower'], 3)} |")
+        return
+    print("| stage | sampling steps | optimiser steps | stage minutes | AUC low | AUC high | FPD | E_tot/E_inc "
+          "| layer energies | width x | sparsity | ms per shower |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in result["stages"]:
+        f = s["fidelity"]
+        print(f"| {s['stage']} | {s['sample_steps']} | {s['steps']} | {fmt(_minutes(s), 1)} | {fmt(f['auc_low'])} | "
+              f"{fmt(f['auc_high'])} | {fmt(f['fpd'], 4)} | {fmt(f['etot_einc'])} | {fmt(f['e_layer'])} | "
+              f"{fmt(f['width_x'])} | {fmt(f['sparsity'])} | {fmt(f['ms_per_shower'], 1)} |")
+
+
+def _minutes(stage: dict[str, Any]) -> float | None:
+    return None if stage["seconds"] is None else stage["seconds"] / 60
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Monitor curves of training (against optimiser steps) and the per-stage fidelity (against sampling steps)."""
+    curve = result["curve"]
+    names = [c for c in CURVES if any(r.get(c) not in (None, "") for r in curve)]
+    stage_keys = ("classifier_auc", "etot_einc", "e_layer") if result["mode"] == "layers" \
+        else ("auc_low", "auc_high", "etot_einc", "e_layer")
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.6 * (len(names) + 1), 3.2))
+    steps = [int(r["step"]) for r in curve]
+    for ax, name in zip(axes, names):
+        ax.plot(steps, [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in curve], "o-", ms=3)
+        floor = name + "_floor"
+        if any(r.get(floor) not in (None, "") for r in curve):
+            ax.plot(steps, [float(r[floor]) for r in curve], "--", color="grey", label="noise floor")
+            ax.legend(fontsize=7)
+        ax.set_title(f"training: {name}", fontsize=9)
+        ax.set_xlabel("optimiser step", fontsize=8)
+        ax.set_ylim(0, None)
+    ax = axes[-1]
+    x = [s["sample_steps"] for s in result["stages"]]
+    for key in stage_keys:
+        ax.plot(x, [s["fidelity"].get(key) if s["fidelity"].get(key) is not None else float("nan")
+                    for s in result["stages"]], "o-", ms=3, label=key)
+    ax.set_xscale("log", base=2)
+    ax.invert_xaxis()
+    ax.set_xlabel("sampling steps (teacher, then each distillation stage)", fontsize=8)
+    ax.set_title("per stage", fontsize=9)
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--train-minutes", type=float, default=60, help="wall-clock budget of the training stage")
+    p.add_argument("--distill-minutes", type=float, default=10, help="wall-clock budget of each distillation stage")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every stage (CPU)")
+    p.add_argument("--stages", type=int, help="distillation stages to run (default: all the config has)")
+    p.add_argument("--evaluate", type=int, nargs="+", metavar="K", help="evaluate only these stages (0: teacher)")
+    p.add_argument("--plot", type=Path)
+    p.add_argument("--out", default="fidelity.json", help="result file in run.dir (default fidelity.json)")
+    p.add_argument("--tables-only", action="store_true", help="print the tables (and --plot) of the result file")
+    args = p.parse_args()
+    cfg = load_config(args.config, args.set)
+    if args.tables_only:
+        result = json.loads((run_layout.train_dir(cfg) / args.out).read_text())
+        print_tables(result)
+        if args.plot:
+            plot(result, args.plot)
+        return
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    mode = "whole" if "voxels" in cfg.train.networks else "layers"
+    t0 = time.perf_counter()
+    if run(command(args, "data_tools.convert"), env) != 0:
+        raise SystemExit("data_tools.convert failed")
+    train_dir = run_layout.train_dir(cfg)
+    stages = [{"stage": 0, **budgeted_stage(args, env, train_dir, "pipeline.train", [], "train.max_steps",
+                                            args.train_minutes)}]
+    for k in range(1, (run_layout.n_stages(cfg) if args.stages is None else args.stages) + 1):
+        stages.append({"stage": k, **budgeted_stage(args, env, run_layout.distill_dir(cfg, k), "pipeline.distill",
+                                                    ["--stage", str(k)], "distill.max_steps", args.distill_minutes)})
+    work = train_dir / Path(args.out).stem  # samples and reports of this result file
+    work.mkdir(parents=True, exist_ok=True)
+    stages = [s for s in stages if args.evaluate is None or s["stage"] in args.evaluate]
+    for s in stages:
+        s["fidelity"] = whole_model_fidelity(args, cfg, env, s["stage"], work) if mode == "whole" \
+            else layer_network_fidelity(cfg, s["stage"])
+        print(f"[fidelity] stage {s['stage']} ({s['sample_steps']} steps): {s['fidelity']}", flush=True)
+    result = {"config": args.config, "overrides": args.set, "mode": mode, "threads": args.threads,
+              "train_minutes": args.train_minutes, "distill_minutes": args.distill_minutes,
+              "curve": monitor_rows(train_dir), "stages": stages, "seconds": time.perf_counter() - t0}
+    (train_dir / args.out).write_text(json.dumps(result, indent=1))
+    print_tables(result)
+    if args.plot:
+        plot(result, args.plot)
+        print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
