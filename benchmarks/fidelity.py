@@ -121,9 +121,10 @@ def whole_model_fidelity(args: argparse.Namespace, cfg: Config, env: dict[str, s
             "report": str(out / "report.md")}
 
 
-def layer_network_fidelity(cfg: Config, stage: int) -> dict[str, Any]:
-    """Layer energies of stage ``stage``'s layer network for the reference's incident energies, against the
-    reference's (classifier AUC, separation powers), and the generation time per shower."""
+def layer_network_fidelity(cfg: Config, stage: int, steps: int | None = None) -> dict[str, Any]:
+    """Layer energies of stage ``stage``'s layer network (sampled with ``steps``, default its own) for the
+    reference's incident energies, against the reference's (classifier AUC, separation powers), and the
+    generation time per shower."""
     import torch
 
     from pipeline.evaluation.classifier import ClassifierConfig
@@ -132,6 +133,7 @@ def layer_network_fidelity(cfg: Config, stage: int) -> dict[str, Any]:
 
     assert cfg.evaluate.reference is not None, "evaluate.reference: the layer energies to compare with"
     sampler = load_layer_sampler(run_layout.distill_dir(cfg, stage), torch.device("cpu"), clip_x=cfg.generate.clip_x)
+    sampler.steps = steps or sampler.steps
     reference, energies = reference_layer_energies(cfg.evaluate.reference, cfg.data.geometry)
     t0 = time.perf_counter()
     generated = sampler.sample(energies, cfg.generate.seed)
@@ -153,62 +155,79 @@ def print_tables(result: dict[str, Any]) -> None:
         print(f"| {r['step']} | {fmt(r.get('etot_einc'))} | {fmt(r.get('e_layer'))} | {fmt(r.get('width_x'))} | "
               f"{fmt(r.get('sparsity'))} | {fmt(r.get('fpd'), 4)} | {fmt(r.get('classifier_auc'))} |")
     print("\nPer stage:\n")
-    if result["mode"] == "layers":
-        print("| stage | sampling steps | optimiser steps | stage minutes | classifier AUC | E_tot/E_inc (floor) "
-              "| layer energies (floor) | mean E_tot/E_inc gen / ref | response wiggle | E_tot > E_inc "
-              "| empty layers gen / ref | ms per shower |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for s in result["stages"]:
-            f = s["fidelity"]
-            print(f"| {s['stage']} | {s['sample_steps']} | {s['steps']} | {fmt(_minutes(s), 1)} | "
-                  f"{fmt(f['classifier_auc'])} | {fmt(f['etot_einc'])} ({fmt(f['etot_einc_floor'])}) | "
-                  f"{fmt(f['e_layer'])} ({fmt(f['e_layer_floor'])}) | {fmt(f['response_generated'], 4)} / "
-                  f"{fmt(f['response_reference'], 4)} | {fmt(f['response_wiggle'], 4)} | {fmt(f['etot_above_einc'], 4)} | "
-                  f"{fmt(f['empty_layers_generated'])} / "
-                  f"{fmt(f['empty_layers_reference'])} | {fmt(f['ms_per_shower'], 3)} |")
-        return
-    print("| stage | sampling steps | optimiser steps | stage minutes | AUC low | AUC high | FPD | E_tot/E_inc "
-          "| layer energies | width x | sparsity | ms per shower |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    columns = LAYER_COLUMNS if result["mode"] == "layers" else WHOLE_COLUMNS
+    print("| stage | sampling steps | optimiser steps | stage minutes | " + " | ".join(c for c, _ in columns) + " |")
+    print("|---" * (len(columns) + 4) + "|")
     for s in result["stages"]:
-        f = s["fidelity"]
-        print(f"| {s['stage']} | {s['sample_steps']} | {s['steps']} | {fmt(_minutes(s), 1)} | {fmt(f['auc_low'])} | "
-              f"{fmt(f['auc_high'])} | {fmt(f['fpd'], 4)} | {fmt(f['etot_einc'])} | {fmt(f['e_layer'])} | "
-              f"{fmt(f['width_x'])} | {fmt(f['sparsity'])} | {fmt(f['ms_per_shower'], 1)} |")
+        cells = [str(s["stage"]), str(s["sample_steps"]), str(s["steps"]), fmt(_minutes(s), 1)]
+        print("| " + " | ".join(cells + [cell(s["fidelity"]) for _, cell in columns]) + " |")
+
+
+def _pair(f: dict[str, Any], a: str, b: str, digits: int = 3, sep: str = " / ") -> str:
+    return f"{fmt(f.get(a), digits)}{sep}{fmt(f.get(b), digits)}"
+
+
+LAYER_COLUMNS = [
+    ("classifier AUC", lambda f: fmt(f["classifier_auc"])),
+    ("E_tot/E_inc (floor)", lambda f: _pair(f, "etot_einc", "etot_einc_floor", sep=" (") + ")"),
+    ("layer energies (floor)", lambda f: _pair(f, "e_layer", "e_layer_floor", sep=" (") + ")"),
+    ("mean E_tot/E_inc gen / ref", lambda f: _pair(f, "response_generated", "response_reference", 4)),
+    ("response wiggle", lambda f: fmt(f["response_wiggle"], 4)),
+    ("E_tot > E_inc", lambda f: fmt(f["etot_above_einc"], 4)),
+    ("empty layers gen / ref", lambda f: _pair(f, "empty_layers_generated", "empty_layers_reference")),
+    ("ms per shower", lambda f: fmt(f["ms_per_shower"], 3)),
+]
+WHOLE_COLUMNS = [(name, lambda f, k=key, d=digits: fmt(f.get(k), d)) for name, key, digits in (
+    ("AUC low", "auc_low", 3), ("AUC high", "auc_high", 3), ("FPD", "fpd", 4), ("E_tot/E_inc", "etot_einc", 3),
+    ("layer energies", "e_layer", 3), ("width x", "width_x", 3), ("sparsity", "sparsity", 3),
+    ("ms per shower", "ms_per_shower", 1))]
 
 
 def _minutes(stage: dict[str, Any]) -> float | None:
-    return None if stage["seconds"] is None else stage["seconds"] / 60
+    """The stage's wall time: as measured, or (a stage finished by an earlier invocation) from its metrics log."""
+    if stage["seconds"] is not None:
+        return stage["seconds"] / 60
+    path = Path(stage["run_dir"]) / "logs" / "metrics.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("elapsed_s")]
+    return float(rows[-1]["elapsed_s"]) / 60 if rows else None
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Monitor curves of training (against optimiser steps) and the per-stage fidelity (against sampling steps)."""
+    """Monitor curves of training (against optimiser steps; separations on a log scale with their noise floors)
+    and the per-stage AUC and separations (against sampling steps)."""
     curve = result["curve"]
     names = [c for c in CURVES if any(r.get(c) not in (None, "") for r in curve)]
-    stage_keys = ("classifier_auc", "etot_einc", "e_layer") if result["mode"] == "layers" \
-        else ("auc_low", "auc_high", "etot_einc", "e_layer")
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.6 * (len(names) + 1), 3.2))
+    aucs = ("classifier_auc",) if result["mode"] == "layers" else ("auc_low", "auc_high")
+    fig, axes = plt.subplots(1, len(names) + 2, figsize=(3.4 * (len(names) + 2), 3.2))
     steps = [int(r["step"]) for r in curve]
+
+    def values(rows: list[dict[str, Any]], key: str) -> list[float]:
+        return [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
+
     for ax, name in zip(axes, names):
-        ax.plot(steps, [float(r[name]) if r.get(name) not in (None, "") else float("nan") for r in curve], "o-", ms=3)
-        floor = name + "_floor"
-        if any(r.get(floor) not in (None, "") for r in curve):
-            ax.plot(steps, [float(r[floor]) for r in curve], "--", color="grey", label="noise floor")
+        ax.plot(steps, values(curve, name), "o-", ms=3)
+        if any(r.get(name + "_floor") not in (None, "") for r in curve):
+            ax.plot(steps, values(curve, name + "_floor"), "--", color="grey", label="noise floor")
             ax.legend(fontsize=7)
+        ax.set_yscale("linear" if name == "classifier_auc" else "log")
         ax.set_title(f"training: {name}", fontsize=9)
         ax.set_xlabel("optimiser step", fontsize=8)
-        ax.set_ylim(0, None)
-    ax = axes[-1]
-    x = [s["sample_steps"] for s in result["stages"]]
-    for key in stage_keys:
-        ax.plot(x, [s["fidelity"].get(key) if s["fidelity"].get(key) is not None else float("nan")
-                    for s in result["stages"]], "o-", ms=3, label=key)
-    ax.set_xscale("log", base=2)
-    ax.invert_xaxis()
-    ax.set_xlabel("sampling steps (teacher, then each distillation stage)", fontsize=8)
-    ax.set_title("per stage", fontsize=9)
-    ax.axhline(0.5, color="grey", lw=0.5)
-    ax.legend(fontsize=7)
+    stages = [s for s in result["stages"] if isinstance(s["stage"], int)]
+    x = [s["sample_steps"] for s in stages]
+    for ax, keys, title in ((axes[-2], aucs, "per stage: classifier AUC"),
+                            (axes[-1], ("etot_einc", "e_layer"), "per stage: separation")):
+        for key in keys:
+            ax.plot(x, values([s["fidelity"] for s in stages], key), "o-", ms=3, label=key)
+        ax.set_xscale("log", base=2)
+        ax.invert_xaxis()
+        ax.set_xlabel("sampling steps (teacher, then each stage)", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[-2].axhline(0.5, color="grey", lw=0.5)
+    axes[-1].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
@@ -222,6 +241,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every stage (CPU)")
     p.add_argument("--stages", type=int, help="distillation stages to run (default: all the config has)")
     p.add_argument("--evaluate", type=int, nargs="+", metavar="K", help="evaluate only these stages (0: teacher)")
+    p.add_argument("--undistilled", action="store_true",
+                   help="layers alone: also evaluate the teacher sampled with the last stage's steps")
     p.add_argument("--plot", type=Path)
     p.add_argument("--out", default="fidelity.json", help="result file in run.dir (default fidelity.json)")
     p.add_argument("--tables-only", action="store_true", help="print the tables (and --plot) of the result file")
@@ -255,6 +276,10 @@ def main() -> None:
         s["fidelity"] = whole_model_fidelity(args, cfg, env, s["stage"], work) if mode == "whole" \
             else layer_network_fidelity(cfg, s["stage"])
         print(f"[fidelity] stage {s['stage']} ({s['sample_steps']} steps): {s['fidelity']}", flush=True)
+    if args.undistilled and mode == "layers":  # what distillation buys: the teacher with the final stage's steps
+        final = run_layout.stage_steps(cfg, run_layout.n_stages(cfg))
+        stages.append({**stages[0], "stage": "teacher, undistilled", "sample_steps": final, "seconds": None,
+                       "fidelity": layer_network_fidelity(cfg, 0, final)})
     result = {"config": args.config, "overrides": args.set, "mode": mode, "threads": args.threads,
               "train_minutes": args.train_minutes, "distill_minutes": args.distill_minutes,
               "curve": monitor_rows(train_dir), "stages": stages, "seconds": time.perf_counter() - t0}
