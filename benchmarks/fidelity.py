@@ -49,13 +49,16 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.data import run_layout  # noqa: E402
+from pipeline.launch.plan import Stage, chain  # noqa: E402
 
 CURVES = ("etot_einc", "e_layer", "width_x", "sparsity", "classifier_auc")
 
 
-def command(args: argparse.Namespace, module: str, *extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", module, "--config", args.config, *extra]
-    return cmd + [x for kv in args.set for x in ("--set", kv)]
+def command(args: argparse.Namespace, module: str | Stage, *extra: str) -> list[str]:
+    """``python -m module`` (or a chain stage's command) with this config, ``extra`` and the ``--set`` overrides."""
+    base = module.command(args.config, sys.executable) if isinstance(module, Stage) \
+        else [sys.executable, "-m", module, "--config", args.config]
+    return [*base, *extra, *(x for kv in args.set for x in ("--set", kv))]
 
 
 def run(cmd: list[str], env: dict[str, str]) -> int:
@@ -63,21 +66,22 @@ def run(cmd: list[str], env: dict[str, str]) -> int:
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
-def budgeted_stage(args: argparse.Namespace, env: dict[str, str], run_dir: Path, module: str, extra: list[str],
-                   steps_key: str, minutes: float) -> dict[str, Any]:
+def budgeted_stage(args: argparse.Namespace, env: dict[str, str], stage: Stage, minutes: float) -> dict[str, Any]:
     """Run a training/distillation stage within ``minutes``; close it at the step reached if the budget ends it."""
-    if run_layout.read_done(run_dir) is not None:
+    run_dir = stage.workdir
+    assert run_dir is not None
+    if stage.is_done():
         print(f"[fidelity] {run_dir}: already finished", flush=True)
         return {"seconds": None, "closed_early": None, **_done_summary(run_dir)}
     t0 = time.perf_counter()
-    code = run(command(args, module, *extra, "--time-limit", f"{minutes}m"), env)
+    code = run(command(args, stage, "--time-limit", f"{minutes}m"), env)
     closed = False
     if code == 75:  # the budget ended it: finish at the step reached (EMA export, DONE.json)
         step = json.loads((run_dir / run_layout.REQUEUE_FILE).read_text())["step"]
-        code = run(command(args, module, *extra, "--set", f"{steps_key}={step}"), env)
+        code = run(command(args, stage, "--set", f"{stage.kind}.max_steps={step}"), env)
         closed = True
     if code != 0:
-        raise SystemExit(f"{module} {' '.join(extra)} failed with exit code {code}")
+        raise SystemExit(f"stage {stage.name} failed with exit code {code}")
     return {"seconds": time.perf_counter() - t0, "closed_early": closed, **_done_summary(run_dir)}
 
 
@@ -261,14 +265,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     mode = "whole" if "voxels" in cfg.train.networks else "layers"
     t0 = time.perf_counter()
-    if run(command(args, "data_tools.convert"), env) != 0:
+    plan = {stage.name: stage for stage in chain(cfg)}  # the stages pipeline.launch and the demo run
+    if run(command(args, plan["convert"]), env) != 0:
         raise SystemExit("data_tools.convert failed")
     train_dir = run_layout.train_dir(cfg)
-    stages = [{"stage": 0, **budgeted_stage(args, env, train_dir, "pipeline.train", [], "train.max_steps",
-                                            args.train_minutes)}]
+    stages = [{"stage": 0, **budgeted_stage(args, env, plan["train"], args.train_minutes)}]
     for k in range(1, (run_layout.n_stages(cfg) if args.stages is None else args.stages) + 1):
-        stages.append({"stage": k, **budgeted_stage(args, env, run_layout.distill_dir(cfg, k), "pipeline.distill",
-                                                    ["--stage", str(k)], "distill.max_steps", args.distill_minutes)})
+        stages.append({"stage": k, **budgeted_stage(args, env, plan[f"distill:{k}"], args.distill_minutes)})
     work = train_dir / Path(args.out).stem  # samples and reports of this result file
     work.mkdir(parents=True, exist_ok=True)
     stages = [s for s in stages if args.evaluate is None or s["stage"] in args.evaluate]

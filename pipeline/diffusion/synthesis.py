@@ -41,23 +41,16 @@ def synthesize(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, v
     noise = NoiseSource(seeds, device, dtype)
     cond = preprocessor.condition(energies, dtype)
     L, A, R = preprocessor.shape
-
-    def stepper(shape: tuple[int, ...], stream: str):  # noqa: ANN202 - StepNoise
-        return lambda step: noise(shape, step, stream)
-
-    layer_v = as_v(layer_model, schedule, layer_prediction or prediction)
     voxel_v = as_v(voxel_model, schedule, prediction)
     if clip:
-        (layer_lo, layer_hi), (voxel_lo, voxel_hi) = preprocessor.bounds()
-        layer_v = clipped_x(layer_v, schedule, layer_lo, layer_hi)
-        voxel_v = clipped_x(voxel_v, schedule, voxel_lo, voxel_hi)
+        voxel_v = clipped_x(voxel_v, schedule, *preprocessor.bounds()[1])
     if layers is None:
-        layers = sample(lambda z, t: layer_v(z, t, cond), noise((L,), 0, "layers"), schedule,
-                        layer_steps or steps, eta=eta, step_noise=stepper((L,), "layers"))
+        layers = _sample_layers(layer_model, cond, noise, preprocessor, layer_steps or steps, schedule, eta,
+                                layer_prediction or prediction, clip)
     else:
         layers = layers.to(device, dtype)
     voxels = sample(lambda z, t: voxel_v(z, t, cond, layers), noise((L, A, R), 0, "voxels"), schedule,
-                    steps, eta=eta, step_noise=stepper((L, A, R), "voxels"))
+                    steps, eta=eta, step_noise=lambda step: noise((L, A, R), step, "voxels"))
     return preprocessor.inverse(layers.to(dtype), voxels.to(dtype), energies, threshold=threshold,
                                 threshold_fractions=threshold_fractions)
 
@@ -76,11 +69,17 @@ def synthesize_layers(energies: Tensor, seeds: Sequence[int], layer_model: nn.Mo
     energies = energies.to(param.device)
     noise = NoiseSource(seeds, param.device, param.dtype)
     cond = preprocessor.condition(energies, param.dtype)
+    layers = _sample_layers(layer_model, cond, noise, preprocessor, steps, schedule, eta, prediction, clip)
+    e_layer = preprocessor.layer_energies(layers.to(param.dtype), energies)
+    return torch.where(e_layer >= preprocessor.threshold_mev, e_layer, 0.0) if threshold else e_layer
+
+
+def _sample_layers(layer_model: nn.Module, cond: Tensor, noise: NoiseSource, preprocessor: Preprocessor, steps: int,
+                   schedule: CosineSchedule, eta: float, prediction: Prediction, clip: bool) -> Tensor:
+    """The layer network's DDIM sample (B, L) in diffusion space, from the showers' ``layers`` noise stream."""
     L = preprocessor.shape[0]
     layer_v = as_v(layer_model, schedule, prediction)
     if clip:
         layer_v = clipped_x(layer_v, schedule, *preprocessor.bounds()[0])
-    layers = sample(lambda z, t: layer_v(z, t, cond), noise((L,), 0, "layers"), schedule, steps, eta=eta,
-                    step_noise=lambda step: noise((L,), step, "layers"))
-    e_layer = preprocessor.layer_energies(layers.to(param.dtype), energies)
-    return torch.where(e_layer >= preprocessor.threshold_mev, e_layer, 0.0) if threshold else e_layer
+    return sample(lambda z, t: layer_v(z, t, cond), noise((L,), 0, "layers"), schedule, steps, eta=eta,
+                  step_noise=lambda step: noise((L,), step, "layers"))

@@ -20,7 +20,7 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.data import run_layout
 from pipeline.data.shower_store import ShowerStore, StoreError
 from pipeline.diffusion import NETWORKS, CosineSchedule, Prediction, shower_seed, synthesize, synthesize_layers
-from pipeline.models import build_models
+from pipeline.models import build_layer_net, build_models
 from pipeline.models.ema_weights import load_ema_weights
 from pipeline.physics.geometry import Geometry, load_geometry
 from pipeline.physics.preprocessing import Preprocessor
@@ -68,6 +68,17 @@ class _Run:
     def networks(self) -> list[str]:
         return list(self.done.get("networks", NETWORKS))
 
+    @property
+    def steps(self) -> int:
+        """The DDIM steps of this run or stage."""
+        return int(self.done.get("sample_steps", self.cfg.diffusion.sample_steps))
+
+    def layer_net(self, geometry: Geometry) -> torch.nn.Module:
+        """Its EMA layer-energy network (on the CPU, in training mode)."""
+        net = build_layer_net(self.cfg.model, geometry)
+        net.load_state_dict(self.parts["layer_net"])
+        return net
+
 
 def _read_run(model_dir: Path, device: torch.device, key: str) -> _Run:
     done = run_layout.read_done(model_dir)
@@ -101,8 +112,7 @@ def _layer_run(voxel_run: _Run, layer_model_dir: Path | None, device: torch.devi
         raise ConfigError(f"generate.layer_model: {layer_model_dir} was trained on {run.done['geometry']}, "
                           f"generate.model {voxel_run.dir} on {voxel_run.done['geometry']}")
     for name in LAYER_STATS:
-        if not np.allclose(np.asarray(run.stats[name]["mean"]), np.asarray(voxel_run.stats[name]["mean"]), rtol=1e-6) \
-                or not np.allclose(np.asarray(run.stats[name]["std"]), np.asarray(voxel_run.stats[name]["std"]), rtol=1e-6):
+        if not all(np.allclose(run.stats[name][k], voxel_run.stats[name][k], rtol=1e-6) for k in ("mean", "std")):
             raise ConfigError(f"generate.layer_model: {layer_model_dir} standardises {name} unlike generate.model "
                               f"{voxel_run.dir} (trained on other stores?); train both networks on the same store")
     d1, d2 = run.cfg.diffusion, voxel_run.cfg.diffusion
@@ -127,8 +137,7 @@ def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False
     cfg, done = run.cfg, run.done
     geometry = load_geometry(done["geometry"])
     _, unet = build_models(cfg.model, geometry)
-    layer_net, _ = build_models(layer_run.cfg.model, geometry)
-    layer_net.load_state_dict(layer_run.parts["layer_net"])
+    layer_net = layer_run.layer_net(geometry)
     unet.load_state_dict(run.parts["voxel_unet"])
     layer_net, unet = layer_net.to(device).eval(), unet.to(device).eval()
     if channels_last:
@@ -136,14 +145,13 @@ def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False
     if compile:
         layer_net = torch.compile(layer_net, dynamic=False, mode=compile_mode)
         unet = torch.compile(unet, dynamic=False, mode=compile_mode)
-    info = {"model_dir": str(model_dir.resolve()), "stage": done.get("stage", 0),
-            "sample_steps": done.get("sample_steps", cfg.diffusion.sample_steps), "ema": done["ema"],
+    info = {"model_dir": str(model_dir.resolve()), "stage": done.get("stage", 0), "sample_steps": run.steps, "ema": done["ema"],
             "ema_sha256": done.get("ema_sha256"), "preset": cfg.model.preset, "backbone": cfg.model.backbone,
             "prediction": cfg.diffusion.prediction, "training_store": done["store"]}
     layer_steps = layer_prediction = None
     if layer_run is not run:
         layer_done = layer_run.done
-        layer_steps = int(layer_done.get("sample_steps", layer_run.cfg.diffusion.sample_steps))
+        layer_steps = layer_run.steps
         layer_prediction = layer_run.cfg.diffusion.prediction
         info["layer_model"] = {"model_dir": str(layer_run.dir.resolve()), "stage": layer_done.get("stage", 0),
                                "sample_steps": layer_steps, "ema": layer_done["ema"],
@@ -188,11 +196,8 @@ def load_layer_sampler(model_dir: Path, device: torch.device, clip_x: bool = Fal
     if "layers" not in run.networks:
         raise ConfigError(f"{model_dir} did not train the layer network (train.networks {run.networks})")
     geometry = load_geometry(run.done["geometry"])
-    layer_net, _ = build_models(run.cfg.model, geometry)
-    layer_net.load_state_dict(run.parts["layer_net"])
-    steps = int(run.done.get("sample_steps", run.cfg.diffusion.sample_steps))
-    info = {"model_dir": str(model_dir.resolve()), "stage": run.done.get("stage", 0), "sample_steps": steps,
+    info = {"model_dir": str(model_dir.resolve()), "stage": run.done.get("stage", 0), "sample_steps": run.steps,
             "ema_sha256": run.done.get("ema_sha256")}
-    return LayerSampler(layer_net.to(device).eval(), Preprocessor(run.stats, geometry).to(device),
-                        CosineSchedule.from_config(run.cfg.diffusion), steps, geometry, run.cfg.diffusion.prediction,
+    return LayerSampler(run.layer_net(geometry).to(device).eval(), Preprocessor(run.stats, geometry).to(device),
+                        CosineSchedule.from_config(run.cfg.diffusion), run.steps, geometry, run.cfg.diffusion.prediction,
                         info, clip_x)

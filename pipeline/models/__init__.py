@@ -18,7 +18,7 @@ from pipeline.models.unet import VoxelUNet
 from pipeline.physics.geometry import Geometry
 
 __all__ = ["LayerEnergyNet", "VoxelUNet", "VoxelTransformer", "VoxelNet", "PRESETS", "PATCHES", "Preset", "UNetSpec",
-           "LayerNetSpec", "TransformerSpec", "build_models", "count_parameters"]
+           "LayerNetSpec", "TransformerSpec", "build_layer_net", "build_models", "count_parameters"]
 
 VoxelNet = VoxelUNet | VoxelTransformer
 
@@ -30,8 +30,7 @@ def build_models(cfg: ModelConfig, geometry: Geometry) -> tuple[LayerEnergyNet, 
     preset = PRESETS[cfg.preset]
     shape = geometry.shape
     freq = cfg.energy_max_freq
-    layer_net = LayerEnergyNet(shape[0], preset.layer_net, dropout=cfg.dropout, fp32=cfg.fp32_first_last,
-                               energy_max_freq=freq)
+    layer_net = build_layer_net(cfg, geometry)
     if cfg.backbone == "transformer":
         patch = tuple(cfg.patch) if cfg.patch else PATCHES.get(geometry.name)
         if patch is None:
@@ -43,6 +42,13 @@ def build_models(cfg: ModelConfig, geometry: Geometry) -> tuple[LayerEnergyNet, 
         voxel_net = VoxelUNet(shape, preset.unet, dropout=cfg.dropout, angle_downsample=cfg.angle_downsample,  # type: ignore[arg-type]
                               checkpointing=cfg.checkpointing, fp32_first_last=cfg.fp32_first_last, energy_max_freq=freq)
     return layer_net, voxel_net
+
+
+def build_layer_net(cfg: ModelConfig, geometry: Geometry) -> LayerEnergyNet:
+    """The layer-energy network alone (what a run that generates with another run's voxel network needs)."""
+    spec = PRESETS[cfg.preset].layer_net
+    return LayerEnergyNet(geometry.n_layers, spec, dropout=cfg.dropout, fp32=cfg.fp32_first_last,
+                          energy_max_freq=cfg.energy_max_freq)
 
 
 def count_parameters(model: nn.Module) -> int:

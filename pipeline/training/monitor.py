@@ -92,8 +92,7 @@ class FidelityMonitor:
     def __init__(self, cfg: Config, store: ShowerStore, pre: Preprocessor, env: DistEnv, device: torch.device,
                  precision: str, log: TrainLogger) -> None:
         t = cfg.train
-        self.networks = tuple(t.networks)
-        self.layers_only, voxels_only = "voxels" not in self.networks, "layers" not in self.networks
+        self.layers_only, voxels_only = "voxels" not in t.networks, "layers" not in t.networks
         showers, self.energies = validation_showers(store, t.eval_showers, showers=env.is_main or voxels_only)
         if self.energies.size < 2:
             raise ValueError(f"train.eval_every_steps: {store.path} has no validation showers to compare with")
@@ -104,7 +103,10 @@ class FidelityMonitor:
         self.threshold_fractions = cfg.generate.threshold_fractions
         self.mine = np.arange(env.rank, self.energies.size, env.world_size)  # this rank's positions in the sample
         layer_energies = self.geometry.layer_energies(showers) if showers is not None else None
-        self.true_layers = layer_energies[self.mine] if voxels_only else None  # the voxel network's conditions
+        self.given_layers = None  # a voxels-only run: the voxel network's conditions, preprocessed once
+        if voxels_only and layer_energies is not None:
+            self.given_layers = pre.from_layer_energies(torch.from_numpy(layer_energies[self.mine]).float().to(device),
+                                                        torch.from_numpy(self.energies[self.mine]).to(device)).layers
         self.reference: SampleObservables | None = None
         self.reference_layers = layer_energies if self.layers_only else None
         if env.is_main and not self.layers_only:
@@ -127,10 +129,8 @@ class FidelityMonitor:
                 if self.layers_only:
                     out_t = synthesize_layers(energies, seeds, model.layer_net, self.pre, steps, **kwargs)
                 else:
-                    given = None if self.true_layers is None else self.pre.from_layer_energies(
-                        torch.from_numpy(self.true_layers).float().to(self.device), energies.to(self.device)).layers
                     out_t = synthesize(energies, seeds, model.layer_net, model.voxel_unet, self.pre, steps,
-                                       layers=given, **kwargs, **voxel_kwargs)
+                                       layers=self.given_layers, **kwargs, **voxel_kwargs)
             mine = out_t.float().cpu().numpy().reshape(len(seeds), -1)
         ms = 1e3 * (time.perf_counter() - t0) / max(len(seeds), 1)
         out = np.zeros((self.energies.size, width), np.float32)
