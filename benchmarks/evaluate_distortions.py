@@ -2,7 +2,7 @@
 and against three deliberate distortions of it; writes docs/evaluation_example/.
 
     .venv/bin/python benchmarks/evaluate_distortions.py [--n 10000] [--workdir /tmp/evaldist]
-        [--docs docs/evaluation_example] [--example "energy x1.05"] [--epochs 20] [--reuse]
+        [--docs docs/evaluation_example] [--example "energy x1.05"] [--quick] [--reuse]
 
 Cases: independent sample; every voxel energy x 1.05; showers moved one radial bin outwards;
 layers permuted. Each is a full evaluation (``pipeline.evaluation.runner.evaluate_samples``) with
@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/evaldist"))
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "evaluation_example")
     p.add_argument("--example", default="energy x1.05")
-    p.add_argument("--epochs", type=int, default=20, help="classifier max epochs")
+    p.add_argument("--quick", action="store_true", help="the quick classifier instead of the CaloChallenge protocol")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--reuse", action="store_true",
                    help="reuse reports already in --workdir (re-render them and the example's plots)")
@@ -113,7 +113,7 @@ def main() -> None:
         if not paths[role].exists():
             simulate_file(paths[role], "ds3", args.n, seed, workers=args.workers)
     ref, gen = open_sample(paths["ref"], "ds3", "reference"), open_sample(paths["gen"], "ds3", "generated")
-    opts = EvalOptions(classifier=ClassifierConfig(max_epochs=args.epochs))
+    opts = EvalOptions(classifier=ClassifierConfig.quick() if args.quick else ClassifierConfig())
     rows = []
     for name, sample in cases(gen).items():
         t0 = time.perf_counter()

@@ -131,7 +131,7 @@ def layer_network_fidelity(cfg: Config, stage: int, steps: int | None = None) ->
     generation time per shower."""
     import torch
 
-    from pipeline.evaluation.classifier import ClassifierConfig
+    from pipeline.evaluation.classifier import protocol_config
     from pipeline.evaluation.layer_fidelity import compare_layer_energies, reference_layer_energies
     from pipeline.generation.sampler import load_layer_sampler
 
@@ -142,7 +142,7 @@ def layer_network_fidelity(cfg: Config, stage: int, steps: int | None = None) ->
     t0 = time.perf_counter()
     generated = sampler.sample(energies, cfg.generate.seed)
     ms = 1e3 * (time.perf_counter() - t0) / len(energies)
-    cls = ClassifierConfig(max_epochs=cfg.evaluate.classifier_epochs, runs=3)
+    cls = protocol_config(cfg.evaluate.classifier_protocol, cfg.evaluate.classifier_epochs, runs=3)
     return {**compare_layer_energies(generated, reference, energies, energies, classifier=cls), "ms_per_shower": ms}
 
 

@@ -46,6 +46,8 @@ def test_evaluate_hdf5_against_zarr(tmp_path, capsys):
     assert report["physics_distance"]["fpd"]["value"] >= 0 and "error" in report["physics_distance"]["kpd"]
     md = (out / "report.md").read_text()
     assert "## Headline metrics" in md and "CaloDREAM" in md and "## Incident-energy bins" in md
+    assert low["protocol"] == "calochallenge" and low["config"]["dropout"] == 0 and low["runs"][0]["epochs"] == 2
+    assert "**Protocol: CaloChallenge**" in md and "Deviations:" in md and "quick" not in md
     assert len(report["plots"]) == 11
     for name in report["plots"]:
         assert (out / name).stat().st_size > 5000 and f"]({name})" in md
@@ -68,7 +70,7 @@ def _config(tmp_path, **evaluate) -> str:
     cfg = {"run": {"dir": str(tmp_path / "run")}, "data": {"geometry": "ds2", "inputs": [str(tmp_path / "in.hdf5")]},
            "evaluate": {"reference": str(tmp_path / "ref" / "reference_ds2.hdf5"),
                         "reference_standin": {"n": 300, "seed": 1, "workers": 1},
-                        "classifiers": "high", "classifier_epochs": 2,
+                        "classifiers": "high", "classifier_protocol": "quick", "classifier_epochs": 2,
                         "extra_args": ["--no-plots", "--no-physics-distances", "--threads", "1", "--quiet"], **evaluate}}
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
@@ -92,6 +94,7 @@ def test_config_mode_paths_standin_reference_overrides_and_skip(tmp_path, capsys
     assert report["inputs"]["generated"]["path"] == str(export) and report["inputs"]["reference"]["n"] == 300
     assert report["geometry"] == "ds2" and set(report["classifier"]) == {"high"}
     assert report["settings"]["classifier"]["max_epochs"] == 2 and "physics_distance" not in report
+    assert report["classifier"]["high"]["protocol"] == "quick" and "**Protocol: quick**" in (out / "report.md").read_text()
     assert "plots" not in report and (out / "report.md").is_file() and not (out / "report.json.tmp").exists()
     capsys.readouterr()
     # finished: a re-run is skipped

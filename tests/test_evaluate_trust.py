@@ -28,7 +28,7 @@ from pipeline.evaluation.separation import compare_grouped_counts
 from pipeline.physics.geometry import load_geometry
 
 N = 1600
-CLS = ClassifierConfig(max_epochs=15, patience=3)
+CLS = ClassifierConfig.quick(max_epochs=15)
 
 
 def _pair(geometry: str, n: int, rows: np.ndarray | None = None, names: tuple[str, ...] | None = None):
@@ -134,7 +134,7 @@ def test_low_level_classifier_on_voxels(one_torch_thread):
     ref_x = LowLevelFeatures(ref.low_level, ref.low_level_energies)
     for name in ("independent", "radial shift"):
         res = classifier_test(LowLevelFeatures(gens[name].low_level, gens[name].low_level_energies), ref_x,
-                              ClassifierConfig(max_epochs=8, patience=3))
+                              ClassifierConfig.quick(max_epochs=8))
         assert res["n_features"] == 6481 and res["runs"][0]["n_test"] == 400
         if name == "independent":
             assert abs(res["auc"] - 0.5) < _bound(res), res["auc"]

@@ -286,11 +286,15 @@ class EvaluateConfig:
     reference_standin: Optional[StandinConfig] = None  # simulate the reference when it is missing
     out: Optional[str] = None  # report directory; default <run.dir>/evaluation
     classifiers: str = "low,high"  # comma list of low, high, or none
-    classifier_epochs: int = 50
+    classifier_protocol: str = "calochallenge"  # the challenge's classifier (default) or quick (smoke runs only)
+    classifier_epochs: Optional[int] = None  # None: the protocol's (calochallenge 50, quick at most 20)
     extra_args: list[str] = field(default_factory=list)  # more pipeline.evaluate options, e.g. [--bins, "30"]
 
     def check(self, path: str) -> None:
-        if self.classifier_epochs < 1:
+        if self.classifier_protocol not in ("calochallenge", "quick"):
+            raise ConfigError(f"{path}.classifier_protocol: expected calochallenge or quick, got "
+                              f"{self.classifier_protocol!r}")
+        if self.classifier_epochs is not None and self.classifier_epochs < 1:
             raise ConfigError(f"{path}.classifier_epochs: must be >= 1, got {self.classifier_epochs}")
 
 

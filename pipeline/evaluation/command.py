@@ -10,8 +10,8 @@ atomically, ``DIR/report.json`` (every number; the stage's completion marker).
 With ``--config``: the generated sample is the export (``generate.export``) when it exists, else the
 zarr sample (``generate.out``); the reference is ``evaluate.reference`` (a stand-in reference,
 ``evaluate.reference_standin``, is simulated by the convert stage or the demo, not here); DIR is ``evaluate.out``; the geometry is
-``data.geometry``; ``evaluate.classifiers``, ``evaluate.classifier_epochs`` and
-``evaluate.extra_args`` set the options. Options given on the command line override the config. A
+``data.geometry``; ``evaluate.classifiers``, ``evaluate.classifier_protocol`` (calochallenge or
+quick), ``evaluate.classifier_epochs`` and ``evaluate.extra_args`` set the options. Options given on the command line override the config. A
 finished evaluation (``report.json`` present) is skipped unless ``--overwrite``.
 
 Memory: the samples are streamed in blocks; the per-shower high-level features (~2.2 kB per
@@ -34,7 +34,7 @@ from pipeline.data.calochallenge_hdf5 import InputError
 from pipeline.data.sample_store import check_generation_complete
 from pipeline.data.samples import open_sample
 from pipeline.data.shower_store import StoreError
-from pipeline.evaluation.classifier import ClassifierConfig
+from pipeline.evaluation.classifier import protocol_config
 from pipeline.evaluation.runner import EvalOptions, evaluate_samples
 from pipeline.physics.geometry import GEOMETRY_FILES
 
@@ -56,12 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifiers", default="low,high", help="comma list of low, high, or 'none' (default low,high)")
     p.add_argument("--classifier-max", type=_positive, default=50_000,
                    help="showers per sample in the low-level classifier (held as sparse rows; default 50000)")
-    p.add_argument("--classifier-runs", type=_positive, default=1, help="repeated seeded runs -> mean and spread")
-    p.add_argument("--classifier-epochs", type=_positive, default=50, help="maximum epochs (early stopping)")
-    p.add_argument("--classifier-patience", type=_positive, default=5)
-    p.add_argument("--classifier-batch", type=_positive, default=1000)
-    p.add_argument("--classifier-lr", type=float, default=2e-4)
-    p.add_argument("--classifier-dropout", type=float, default=0.2)
+    p.add_argument("--classifier-runs", type=_positive, default=1,
+                   help="repeated seeded runs (other splits and initialisations) -> mean and spread")
+    p.add_argument("--classifier-quick", action="store_true",
+                   help="the quick classifier (dropout 0.2, early stopping, standardised inputs) instead of the "
+                        "CaloChallenge protocol; for smoke runs, named 'quick' in the report")
+    p.add_argument("--classifier-epochs", type=_positive, help="epochs (protocol 50; quick: at most 20)")
+    p.add_argument("--classifier-patience", type=_positive, help="stop after this many epochs without improvement "
+                   "(protocol: none, every epoch runs; quick 3)")
+    p.add_argument("--classifier-batch", type=_positive, help="batch size (default 1000)")
+    p.add_argument("--classifier-lr", type=float, help="Adam learning rate (default 2e-4)")
+    p.add_argument("--classifier-dropout", type=float, help="dropout (protocol 0; quick 0.2)")
     p.add_argument("--no-physics-distances", action="store_true", help="skip FPD and KPD")
     p.add_argument("--fpd-batches", type=_positive, default=20)
     p.add_argument("--kpd-batch", type=_positive, default=5000)
@@ -85,7 +90,11 @@ def config_argv(cfg: Config, parser: argparse.ArgumentParser) -> list[str]:
     generated = export if export.exists() else run_layout.sample_path(cfg)
     e = cfg.evaluate
     argv = ["--generated", str(generated), "--out", str(run_layout.evaluation_dir(cfg)), "--geometry", cfg.data.geometry,
-            "--classifiers", e.classifiers, "--classifier-epochs", str(e.classifier_epochs)]
+            "--classifiers", e.classifiers]
+    if e.classifier_epochs is not None:
+        argv += ["--classifier-epochs", str(e.classifier_epochs)]
+    if e.classifier_protocol == "quick":
+        argv.append("--classifier-quick")
     if e.reference is not None:
         argv += ["--reference", e.reference]
     for key in ("--config", "--set", "--generated", "--reference", "--out"):
@@ -133,9 +142,11 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
     unknown = set(names) - {"low", "high"}
     if unknown:
         raise SystemExit(f"--classifiers: unknown {sorted(unknown)}; use low, high or none")
-    cls = ClassifierConfig(dropout=args.classifier_dropout, lr=args.classifier_lr, batch_size=args.classifier_batch,
-                           max_epochs=args.classifier_epochs, patience=args.classifier_patience,
-                           runs=args.classifier_runs, seed=args.seed, device=args.device)
+    given = {field: value for field, value in (
+        ("dropout", args.classifier_dropout), ("lr", args.classifier_lr), ("batch_size", args.classifier_batch),
+        ("max_epochs", args.classifier_epochs), ("patience", args.classifier_patience)) if value is not None}
+    given |= {"runs": args.classifier_runs, "seed": args.seed, "device": args.device}
+    cls = protocol_config("quick" if args.classifier_quick else "calochallenge", **given)
     return EvalOptions(bins=args.bins, classifiers=names, classifier_max=args.classifier_max, classifier=cls,
                        physics_distances=not args.no_physics_distances, fpd_batches=args.fpd_batches,
                        kpd_batch=args.kpd_batch, kpd_degree=args.kpd_degree, normalisation=args.normalisation,

@@ -125,15 +125,37 @@ def energy_table(bins: list[dict[str, Any]]) -> list[str]:
                    "S(E layer) mean", "S(width x) mean", "S(sparsity) mean"], rows)
 
 
+def classifier_protocol_lines(cls: dict[str, Any]) -> list[str]:
+    """How the classifiers were trained: the CaloChallenge protocol (and where this code deviates) or quick."""
+    protocols = {res.get("protocol", "calochallenge") for res in cls.values()}
+    lines = []
+    if "calochallenge" in protocols:
+        deviations = next(res.get("deviations", []) for res in cls.values() if res.get("protocol", "calochallenge")
+                          == "calochallenge")
+        lines += ["**Protocol: CaloChallenge** (its evaluate.py): DNN 3 x 512 (LeakyReLU, no dropout), BCE, Adam lr 2e-4, "
+                  "batch 1000, 50 epochs, the epoch with the best validation accuracy kept; isotonic calibration on the "
+                  "validation split; AUC and JSD = (ln 2 - BCE)/ln 2 on the held-out test split. Deviations:", ""]
+        lines += [f"- {d}" for d in deviations] + [""]
+    if "quick" in protocols:
+        lines += ["**Protocol: quick** (`--classifier-quick`): dropout 0.2, early stopping on the validation loss, "
+                  "standardised inputs. Faster and weaker than the challenge's classifier: its AUCs are not comparable "
+                  "with published numbers.", ""]
+    lines += ["sigma_0: spread of the AUC of a useless classifier on this test split. The high-level inputs are the "
+              "challenge's (layer energies, centres and widths; E_tot only implicitly): an overall energy-scale error "
+              "shows first in S(E_tot/E_inc) and the voxel spectrum.", ""]
+    return lines
+
+
 def classifier_table(cls: dict[str, Any]) -> list[str]:
     rows = []
     for name, res in cls.items():
         runs = res["runs"]
-        rows.append([name, str(res["n_features"]), plus_minus(res["auc"], res.get("auc_std")), _f(res["auc_raw"]),
+        rows.append([name, res.get("protocol", "calochallenge"), str(res["n_features"]),
+                     plus_minus(res["auc"], res.get("auc_std")), _f(res["auc_raw"]),
                      plus_minus(res["jsd"], res.get("jsd_std")), _f(res["accuracy"]), str(len(runs)),
                      ", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in runs), str(runs[0]["n_test"]),
                      _f(res["auc_null_std"])])
-    lines = _table(["classifier", "inputs", "AUC (calibrated)", "AUC (raw score)", "JSD", "accuracy", "runs",
+    lines = _table(["classifier", "protocol", "inputs", "AUC (calibrated)", "AUC (raw score)", "JSD", "accuracy", "runs",
                     "best/last epoch", "test showers", "sigma_0 of AUC"], rows)
     mem = cls.get("low", {}).get("memory")
     if mem:
@@ -161,12 +183,7 @@ def render(report: dict[str, Any]) -> str:
     lines += largest_discrepancies(report["separation_power"]["observables"]) + [""]
     lines += ["## Incident-energy bins", ""] + energy_table(report["energy_bins"]) + [""]
     if report.get("classifier"):
-        lines += ["## Classifiers", "",
-                  "DNN (3 x 512, LeakyReLU, dropout), Adam, early stopping on the validation loss; isotonic calibration "
-                  "on the validation split; AUC and JSD = (ln 2 - BCE)/ln 2 on the held-out test split. sigma_0: spread of "
-                  "the AUC of a useless classifier on this test split. The high-level inputs are the challenge's (layer "
-                  "energies, centres and widths; E_tot only implicitly): an overall energy-scale error shows first in "
-                  "S(E_tot/E_inc) and the voxel spectrum.", ""]
+        lines += ["## Classifiers", ""] + classifier_protocol_lines(report["classifier"]) + [""]
         lines += classifier_table(report["classifier"]) + [""]
     pd = report.get("physics_distance")
     if pd:

@@ -9,6 +9,7 @@ with those validation showers with :mod:`pipeline.evaluation`'s own code:
 - separation powers, each with its noise floor for these sample sizes: E_tot/E_inc, and the mean over the
   layers of the layer energies, centres of energy and widths in x and y, sparsity;
 - FPD and KPD of the high-level features when M >= :data:`DISTANCE_MIN_SHOWERS`, a high-level classifier AUC
+  (the quick classifier, :meth:`ClassifierConfig.quick`: a trend, not the CaloChallenge protocol)
   when M >= :data:`CLASSIFIER_MIN_SHOWERS` (below that the log says why it is missing);
 - generation ms per shower (per rank); in a distillation stage also how far the student's showers are from its
   teacher's (2x steps) for the same noise: relative L1 of the voxels and the mean |log E_tot ratio|.
@@ -152,7 +153,7 @@ class FidelityMonitor:
     def _report_layers(self, step: int, layers: np.ndarray, gen_ms: float, t0: float) -> None:
         assert self.reference_layers is not None
         n = layers.shape[0]
-        cls = ClassifierConfig(max_epochs=20, patience=3) if n >= CLASSIFIER_MIN_SHOWERS else None
+        cls = ClassifierConfig.quick() if n >= CLASSIFIER_MIN_SHOWERS else None
         if cls is None:
             self._note(f"the layer classifier AUC needs >= {CLASSIFIER_MIN_SHOWERS} showers per sample (train.eval_showers "
                        f"is {n}): not computed")
@@ -164,7 +165,7 @@ class FidelityMonitor:
                                **{k: result[k] for k in keys if k in result}}
         row["monitor_seconds"] = time.perf_counter() - t0
         self.log.table_row("monitor", COLUMNS, step, row)
-        auc = f", layer classifier AUC {row['classifier_auc']:.3f}" if "classifier_auc" in row else ""
+        auc = f", layer classifier AUC (quick) {row['classifier_auc']:.3f}" if "classifier_auc" in row else ""
         self.log.message(f"monitor step {step} (layer network): E_tot/E_inc {row['etot_einc']:.3f} (floor "
                          f"{row['etot_einc_floor']:.3f}), e_layer {row['e_layer']:.3f} ({row['e_layer_floor']:.3f}), "
                          f"response {row['response_generated']:.4f} vs {row['response_reference']:.4f}{auc}; "
@@ -194,7 +195,7 @@ class FidelityMonitor:
         else:
             self._note(f"FPD/KPD need >= {DISTANCE_MIN_SHOWERS} showers per sample (train.eval_showers is {n})")
         if n >= CLASSIFIER_MIN_SHOWERS:
-            cls = classifier_test(DenseFeatures(x_gen), DenseFeatures(x_ref), ClassifierConfig(max_epochs=20, patience=3))
+            cls = classifier_test(DenseFeatures(x_gen), DenseFeatures(x_ref), ClassifierConfig.quick())
             row["classifier_auc"] = cls["auc"]
         else:
             self._note(f"the classifier AUC needs >= {CLASSIFIER_MIN_SHOWERS} showers per sample to tell more than "
