@@ -20,9 +20,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -31,6 +28,7 @@ from data_tools.simulate import simulate_file
 from pipeline.data.samples import Sample, open_sample
 from pipeline.evaluation import distortions
 from pipeline.evaluation.classifier import ClassifierConfig
+from pipeline.evaluation.distortions import DistortedSample
 from pipeline.evaluation.observables import compute_observables, voxel_log_edges
 from pipeline.evaluation.plots import write_plots
 from pipeline.evaluation.report import plus_minus, write_markdown
@@ -41,34 +39,12 @@ EXAMPLE_PLOTS = ("average_shower.png", "profiles.png", "hist_etot_voxel.png", "e
                  "hist_width_x.png", "separation_by_layer.png")
 
 
-class DistortedSample(Sample):
-    """Another sample with a distortion applied to its raw rows as they are read."""
-
-    def __init__(self, base: Sample, fn: Callable[[np.ndarray], np.ndarray], label: str) -> None:
-        super().__init__(f"{base.name} ({label})", base.geometry, base.n)
-        self.base, self.fn = base, fn
-        self.kind = f"{base.kind}, distorted: {label}"
-
-    def _raw_energies(self) -> np.ndarray:
-        return self.base.energies
-
-    def _row_alignment(self) -> int:
-        return self.base._row_alignment()
-
-    def _read(self, start: int, stop: int) -> np.ndarray:
-        return self.fn(np.asarray(self.base._read(start, stop), dtype=np.float64))
-
-    def close(self) -> None:
-        self.base.close()
-
-
 def cases(gen: Sample) -> dict[str, Sample]:
-    g = gen.geometry
     return {
         "independent": gen,
-        "energy x1.05": DistortedSample(gen, lambda s: distortions.scale_energy(s, 1.05), "energy x1.05"),
-        "radial shift": DistortedSample(gen, lambda s: distortions.shift_radial(s, g, 1), "radial shift +1 bin"),
-        "layers shuffled": DistortedSample(gen, lambda s: distortions.shuffle_layers(s, g, 0), "layers shuffled"),
+        "energy x1.05": DistortedSample(gen, lambda s, a, g: distortions.scale_energy(s, 1.05), "energy x1.05"),
+        "radial shift": DistortedSample(gen, lambda s, a, g: distortions.shift_radial(s, g, 1), "radial shift +1 bin"),
+        "layers shuffled": DistortedSample(gen, lambda s, a, g: distortions.shuffle_layers(s, g, 0), "layers shuffled"),
     }
 
 
