@@ -42,7 +42,7 @@ from pipeline.data.samples import Sample, open_sample
 from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, LowLevelFeatures, train_once
 from pipeline.evaluation.distortions import DistortedSample, sensitivity_cases
 from pipeline.evaluation.observables import SampleObservables, compute_observables, voxel_log_edges
-from pipeline.evaluation.physics_distance import _gaussian, frechet_distance, kpd, normalise
+from pipeline.evaluation.physics_distance import fpd_full_size, kpd
 from pipeline.evaluation.runner import separations, summarise
 from pipeline.evaluation.separation import compare_grouped_counts
 from pipeline.physics.geometry import load_geometry
@@ -88,9 +88,8 @@ def observable_metrics(gen: SampleObservables, ref: SampleObservables) -> dict[s
         out[key], out[key + "_floor"] = summary[key]["value"], summary[key]["floor"]
     for key in ("e_layer", "width_x", "sparsity"):
         out[key], out[key + "_floor"] = summary[key]["mean"], summary[key]["floor_mean"]
-    xr, xg = normalise(ref.hlf.classifier_features(), gen.hlf.classifier_features())
-    out["fpd"] = frechet_distance(*_gaussian(xr), *_gaussian(xg))
-    out["kpd"] = kpd(ref.hlf.classifier_features(), gen.hlf.classifier_features())["value"]
+    xr, xg = ref.hlf.classifier_features(), gen.hlf.classifier_features()
+    out["fpd"], out["kpd"] = fpd_full_size(xr, xg), kpd(xr, xg)["value"]
     return out
 
 

@@ -53,26 +53,31 @@ def shuffle_layers(showers: np.ndarray, geometry: Geometry, seed: int = 0) -> np
     return grid[:, order].reshape(len(grid), -1)
 
 
+def _move_outwards(grid: np.ndarray, fraction: float, axis: int) -> np.ndarray:
+    """A ``fraction`` of every bin's content moved to the next bin along ``axis`` (the last bin keeps its own)."""
+    n = grid.shape[axis]
+    source = [slice(None)] * grid.ndim
+    target = [slice(None)] * grid.ndim
+    source[axis], target[axis] = slice(0, n - 1), slice(1, n)
+    moved = fraction * grid[tuple(source)]
+    out = grid.copy()
+    out[tuple(source)] -= moved
+    out[tuple(target)] += moved
+    return out
+
+
 def smear_radial(showers: np.ndarray, geometry: Geometry, fraction: float) -> np.ndarray:
     """A ``fraction`` of every voxel's energy moved one radial bin outwards (the last bin keeps its own):
     showers wider by a known amount, E_tot and the layer energies unchanged."""
     grid = _grid(showers, geometry)
-    moved = fraction * grid[..., :-1]
-    out = grid.copy()
-    out[..., :-1] -= moved
-    out[..., 1:] += moved
-    return out.reshape(len(grid), -1)
+    return _move_outwards(grid, fraction, axis=3).reshape(len(grid), -1)
 
 
 def shift_longitudinal(showers: np.ndarray, geometry: Geometry, fraction: float) -> np.ndarray:
     """A ``fraction`` of every voxel's energy moved to the same voxel one layer deeper (the last layer keeps its
     own): a shower maximum shifted by a known amount, E_tot unchanged."""
     grid = _grid(showers, geometry)
-    moved = fraction * grid[:, :-1]
-    out = grid.copy()
-    out[:, :-1] -= moved
-    out[:, 1:] += moved
-    return out.reshape(len(grid), -1)
+    return _move_outwards(grid, fraction, axis=1).reshape(len(grid), -1)
 
 
 def drop_near_threshold(showers: np.ndarray, geometry: Geometry, factor: float = 2.0) -> np.ndarray:
