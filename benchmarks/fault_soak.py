@@ -12,8 +12,9 @@ starts from nothing and is killed at a moment drawn uniformly from ``[0.05, 1.1]
 time: SIGKILL to one rank or to all (a coin flip); the other ranks are killed 1 s later, as
 ``srun --kill-on-bad-exit`` does. The same command is re-run until it completes, and the result must equal
 the reference: the converted store byte for byte, trained and distilled weights and EMA bit for bit
-(sha256 of the state dicts in ``DONE.json``), generated showers and energies bit for bit with every index
-exactly once, the export's datasets. Rounds continue until ``--kills`` kills have landed in each stage.
+(sha256 of the state dicts in ``DONE.json``) and their CSV logs row for row (timing columns aside; validation at
+steps 0, 8 and 16, so a kill before the first checkpoint leaves rows behind), generated showers and energies
+bit for bit with every index exactly once, the export's datasets. Rounds continue until ``--kills`` kills have landed in each stage.
 Prints a table (kills, resumes, rounds, mismatches) and writes every attempt to ``--json``.
 """
 
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from data_tools.simulate import simulate_file
 from pipeline.data.run_layout import read_done, sample_blocks_dir, sample_manifest
 from pipeline.data.shower_store import ShowerStore
+from pipeline.training.metrics_log import comparable_rows
 
 LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "SUBMITIT_", "MPI_LOCAL", "HYDRA_")
@@ -147,7 +149,7 @@ def build(root: Path) -> tuple[Path, dict[str, Stage]]:
                      "shuffle_chunks": 4, "num_workers": 1, "prefetch_chunks": 4},
             "model": {"preset": "tiny"}, "diffusion": {"sample_steps": 4},
             "train": {"max_steps": 16, "lr": 1e-3, "warmup_steps": 2, "checkpoint_every_steps": 2,
-                      "checkpoint_every_minutes": 0, "val_every_steps": 0, "log_every_steps": 4, "ema_decay": 0.99,
+                      "checkpoint_every_minutes": 0, "val_every_steps": 8, "val_batches": 1, "log_every_steps": 4, "ema_decay": 0.99,
                       "collective_timeout_minutes": 1},
             "distill": {"final_steps": 2, "max_steps": 12, "lr": 5e-4, "warmup_steps": 1, "ema_decay": 0.9},
             "generate": {"n": 384, "seed": 5, "model": str(teacher), "out": str(work / "sample.zarr"),
@@ -165,9 +167,10 @@ def build(root: Path) -> tuple[Path, dict[str, Stage]]:
     def store_bytes(work: Path) -> object:
         return tree_bytes(work / "store.zarr")
 
-    def digests(run: Path) -> object:
+    def digests(run: Path) -> object:  # weights, EMA and the CSV logs (timing columns aside)
         done = read_done(run)
-        return (done["step"], done["weights_sha256"], done["ema_sha256"]) if done else None
+        logs = [comparable_rows(p) for p in sorted((run / "logs").glob("*.csv"))]
+        return (done["step"], done["weights_sha256"], done["ema_sha256"], logs) if done else None
 
     def sample(work: Path) -> object:
         path = work / "sample.zarr"

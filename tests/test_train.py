@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from pipeline.runtime.time_limit import parse_duration
 from pipeline.training.checkpoint import LATEST, Checkpointer, CheckpointError, step_of, tag_for
 from pipeline.training.ema import EMA, export_ema
 from pipeline.training.engine import lr_factor
+from pipeline.training.metrics_log import comparable_rows
 from pipeline.training.train_command import preflight
 
 from conftest import REPO
@@ -256,11 +258,12 @@ def test_latest_only_names_complete_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_interrupted_runs_resume_bit_identically(tmp_path, store):
     """Uninterrupted run vs. one stopped by --time-limit, SIGKILLed, stopped by SIGUSR1 and resumed after
-    each: identical weights, EMA and logged losses."""
-    ref_cfg = write_config(tmp_path / "ref.yaml", store, tmp_path / "ref")
+    each: identical weights, EMA and logs (timing columns aside)."""
+    # train rows every 3 steps, checkpoints every 2: the interval of a row straddles a resume
+    ref_cfg = write_config(tmp_path / "ref.yaml", store, tmp_path / "ref", log_every_steps=3)
     with open(tmp_path / "ref.log", "w") as log, started(ref_cfg, stderr=log, **ONE_THREAD) as ref:
         run = tmp_path / "run"  # the reference runs beside the interrupted runs, one thread each
-        cfg = write_config(tmp_path / "run.yaml", store, run)
+        cfg = write_config(tmp_path / "run.yaml", store, run, log_every_steps=3)
         _interrupt_and_resume(cfg, run)
         ref.wait(timeout=180)
     assert ref.returncode == 0, (tmp_path / "ref.log").read_text()[-4000:]
@@ -272,8 +275,8 @@ def test_interrupted_runs_resume_bit_identically(tmp_path, store):
     assert read_done(run)["ema_sha256"] == done["ema_sha256"]
     for a, b in zip(final_weights(tmp_path / "ref"), final_weights(run)):
         assert_same_tensors(a, b)
-    assert [r["loss"] for r in metrics(run)] == [r["loss"] for r in metrics(tmp_path / "ref")]
-    assert [r["loss"] for r in metrics(run, "val")] == [r["loss"] for r in metrics(tmp_path / "ref", "val")]
+    assert comparable_rows(run / "logs" / "metrics.csv") == comparable_rows(tmp_path / "ref" / "logs" / "metrics.csv")
+    assert [r["step"] for r in metrics(run, "val")] == ["0", "5", "10"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == [tag_for(8), tag_for(10)]
     again = run_train(cfg)  # complete: nothing to do
     assert again.returncode == 0 and "already complete" in again.stderr
@@ -298,7 +301,16 @@ def test_speed_switches_do_not_change_the_loss_curve(tmp_path, store):
 
 
 def _interrupt_and_resume(cfg: Path, run: Path) -> None:
-    """--time-limit stop, resume + SIGKILL after a checkpoint, resume + SIGUSR1, resume to the end."""
+    """SIGKILL before the first checkpoint (after the step-0 validation row), a fresh --time-limit stop, resume +
+    SIGKILL after a checkpoint, resume + SIGUSR1, resume to the end."""
+    log_file = run / "logs" / "metrics.csv"
+    with started(cfg, **ONE_THREAD) as proc:
+        wait_for(lambda: log_file.is_file() and ",val," in log_file.read_text(), proc)
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # should the kill have come after a checkpoint:
+    (run / "DONE.json").unlink(missing_ok=True)               # logs written, no checkpoint, as wanted
+
     limited = run_train(cfg, "--time-limit", "1s", **ONE_THREAD)  # the first step already runs into the limit
     assert limited.returncode == EXIT_REQUEUE, limited.stderr
     marker = json.loads((run / "REQUEUE").read_text())

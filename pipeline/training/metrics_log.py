@@ -4,8 +4,10 @@
 the interval, learning rate, gradient norm, showers/s, peak memory) and per validation (``kind=val``:
 loss of the trained weights and of the EMA); ``logs/monitor.csv`` one row per fidelity check
 (:mod:`.monitor`). TensorBoard event files (scalars, and the monitor's figures) go to
-``<run.dir>/logs/tensorboard`` when the ``tensorboard`` package is installed. On resume, rows after the
-resumed step (written by the interrupted run) are dropped, so the logs read like one uninterrupted run.
+``<run.dir>/logs/tensorboard`` when the ``tensorboard`` package is installed. Rows that a killed attempt wrote
+after its last checkpoint are dropped when the run starts again (all of them on a fresh start, those after the
+resumed step on a resume), and TensorBoard is told to purge the same steps, so the logs read like one
+uninterrupted run: :func:`comparable_rows` of an interrupted and an uninterrupted run are equal.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ from pipeline.runtime.files import atomic_write_bytes
 
 COLUMNS = ("step", "kind", "epoch", "loss", "layer_loss", "voxel_loss", "ema_loss", "lr", "grad_norm",
            "samples_per_s", "max_mem_mb", "elapsed_s")
+TIMING_COLUMNS = frozenset({"samples_per_s", "max_mem_mb", "elapsed_s", "generation_ms_per_shower",
+                            "monitor_seconds"})  # differ between runs of the same computation
+
+
+def comparable_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV log without the :data:`TIMING_COLUMNS`: equal for an interrupted and resumed run and
+    an uninterrupted one."""
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
 
 
 def max_memory_mb(device: torch.device) -> float:
@@ -42,20 +53,24 @@ def _fmt(value: Any) -> str:
 
 
 class TrainLogger:
-    """Progress bar, CSV and TensorBoard; every method is a no-op except on rank 0."""
+    """Progress bar, CSV and TensorBoard; every method is a no-op except on rank 0.
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool, start_step: int, max_steps: int,
+    ``resumed``: the run continues from a checkpoint at ``start_step``, so the rows up to ``start_step`` stay;
+    otherwise it starts afresh and rewrites every row, step 0 included.
+    """
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool, start_step: int, max_steps: int, resumed: bool,
                  tensorboard: bool = True) -> None:
         self.enabled = enabled
         self.t0 = time.perf_counter()
         self.csv_path = Path(run_dir) / "logs" / "metrics.csv"
-        self.start_step = start_step
+        self.keep_through = start_step if resumed else -1  # the last step whose rows the checkpoint covers
         self.writer = self.bar = None
         self._tables: dict[str, tuple[Any, Any, tuple[str, ...]]] = {}
         if not enabled:
             return
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate(self.csv_path, COLUMNS, start_step)
+        self._truncate(self.csv_path, COLUMNS, self.keep_through)
         self._csv = open(self.csv_path, "a", newline="")
         self._rows = csv.writer(self._csv)
         if self._csv.tell() == 0:
@@ -66,23 +81,25 @@ class TrainLogger:
             except ImportError:  # tensorboard not installed
                 SummaryWriter = None
             if SummaryWriter is not None:
+                # readers drop the earlier files' events from purge_step on: one value per step
                 self.writer = SummaryWriter(str(self.csv_path.parent / "tensorboard"),
-                                            purge_step=start_step + 1 if start_step else None)
+                                            purge_step=self.keep_through + 1)
         from tqdm import tqdm
 
         self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
                         mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
 
     @staticmethod
-    def _truncate(path: Path, columns: tuple[str, ...], start_step: int) -> None:
-        """Drop rows after ``start_step`` (left by an interrupted run); set a file with other columns aside."""
+    def _truncate(path: Path, columns: tuple[str, ...], keep_through: int) -> None:
+        """Drop rows after step ``keep_through`` (left by an interrupted run); set a file with other columns
+        aside."""
         if not path.is_file():
             return
         rows = list(csv.reader(path.read_text().splitlines()))
         if not rows or tuple(rows[0]) != columns:
             path.rename(path.with_suffix(".csv.old"))
             return
-        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= start_step]
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= keep_through]
         if len(keep) != len(rows):
             buf = io.StringIO()
             csv.writer(buf).writerows(keep)
@@ -115,7 +132,7 @@ class TrainLogger:
             return
         if name not in self._tables:
             path = self.csv_path.with_name(f"{name}.csv")
-            self._truncate(path, columns, self.start_step)
+            self._truncate(path, columns, self.keep_through)
             handle = open(path, "a", newline="")
             writer = csv.writer(handle)
             if handle.tell() == 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -60,6 +60,31 @@ class TrainResult:
     @property
     def exit_code(self) -> int:
         return {"done": EXIT_DONE, "stopped": EXIT_REQUEUE, "nonfinite": EXIT_NONFINITE}[self.status]
+
+
+@dataclass
+class _LogInterval:
+    """The reduced losses (loss, layer, voxel) summed since the last ``train`` row of the metrics log; saved with
+    every checkpoint, so a resumed run writes the same rows as an uninterrupted one."""
+
+    n: int = 0
+    seconds: float = 0.0
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+
+    def add(self, losses: torch.Tensor, seconds: float) -> None:
+        self.n += 1
+        self.seconds += seconds
+        self.sums += losses
+
+    def state(self) -> dict[str, Any]:
+        return {"n": self.n, "seconds": self.seconds, "sums": self.sums.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> _LogInterval:
+        """From :meth:`state`; checkpoints written before it was saved start an empty interval."""
+        if not state:
+            return cls()
+        return cls(int(state["n"]), float(state["seconds"]), torch.tensor(state["sums"], dtype=torch.float64))
 
 
 class Trainer:
@@ -112,6 +137,7 @@ class Trainer:
         self.ckpt = Checkpointer(self.run_dir, env.rank, env.world_size, keep=self.t.keep_checkpoints)
         self.step = self.samples = 0
         self.last: dict[str, float] = {}  # latest reduced losses by name
+        self.interval = _LogInterval()
         self.val_seconds = self.monitor_seconds = 0.0
         self.monitor: FidelityMonitor | None = None
 
@@ -126,6 +152,7 @@ class Trainer:
         self.stream.load_state_dict(resumed.stream)
         self.step, self.samples = int(resumed.state["step"]), int(resumed.state["samples"])
         self.last = dict(resumed.state.get("losses", {}))
+        self.interval = _LogInterval.from_state(resumed.state.get("log_interval"))
         if self.engine.global_steps != self.step:
             raise RuntimeError(f"{tag}: DeepSpeed restored {self.engine.global_steps} steps, "
                                f"train_state.json says {self.step}")
@@ -148,7 +175,8 @@ class Trainer:
         """Resume if a checkpoint exists, train to ``max_steps`` or until a stop, finish."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tag = self._resume()
-        log = TrainLogger(self.run_dir, enabled=self.env.is_main, start_step=self.step, max_steps=self.t.max_steps)
+        log = TrainLogger(self.run_dir, enabled=self.env.is_main, start_step=self.step, max_steps=self.t.max_steps,
+                          resumed=tag is not None)
         self._prepare_run_dir(log, tag)
         if self.t.eval_every_steps:
             self.monitor = FidelityMonitor(self.cfg, self.store, self.pre, self.env, self.device, self.precision, log)
@@ -161,7 +189,6 @@ class Trainer:
         t = self.t
         batches = iter(self.stream)
         last_ckpt, step_times = time.monotonic(), [0.0]
-        interval = {"n": 0, "seconds": 0.0, "sums": torch.zeros(3, dtype=torch.float64)}
         if t.val_every_steps and self.step == 0:
             self._validate(log)  # baseline of the initial weights
         if self.monitor is not None and self.step == 0:
@@ -184,13 +211,11 @@ class Trainer:
             self.samples += self.global_batch
             step_times = (step_times + [time.perf_counter() - t0])[-20:]
             self.last.update(zip(("train_loss", "train_layer", "train_voxel"), losses.tolist()))
-            interval["n"] += 1
-            interval["seconds"] += step_times[-1]
-            interval["sums"] += losses
+            self.interval.add(losses, step_times[-1])
             lr = self.engine.get_lr()[0]
             log.progress(self.step, losses[0].item(), lr, self.global_batch / max(step_times[-1], 1e-9))
             if self.step % t.log_every_steps == 0 or self.step == t.max_steps:
-                self._log_interval(log, interval, lr)
+                self._log_interval(log, lr)
             if t.val_every_steps and (self.step % t.val_every_steps == 0 or self.step == t.max_steps):
                 self._validate(log)
             if self.monitor is not None and (self.step % t.eval_every_steps == 0 or self.step == t.max_steps):
@@ -285,21 +310,22 @@ class Trainer:
         teacher = self.ema.module.teacher.model if isinstance(self.ema.module, DistillationPair) else None
         self.monitor_seconds = self.monitor(self.step, self.ema.module, teacher)
 
-    def _log_interval(self, log: TrainLogger, interval: dict[str, Any], lr: float) -> None:
-        mean = (interval["sums"] / interval["n"]).tolist()
+    def _log_interval(self, log: TrainLogger, lr: float) -> None:
+        interval = self.interval
+        mean = (interval.sums / interval.n).tolist()
         norm = self.engine.get_global_grad_norm() if self.t.grad_clip > 0 else None
         log.row(self.step, "train", {
             "epoch": self.stream.epoch, "loss": mean[0], "layer_loss": mean[1], "voxel_loss": mean[2], "lr": lr,
             "grad_norm": float(norm) if norm is not None else None,
-            "samples_per_s": interval["n"] * self.global_batch / max(interval["seconds"], 1e-9),
+            "samples_per_s": interval.n * self.global_batch / max(interval.seconds, 1e-9),
             "max_mem_mb": max_memory_mb(self.device)})
-        interval.update(n=0, seconds=0.0, sums=torch.zeros(3, dtype=torch.float64))
+        self.interval = _LogInterval()
 
     # ----------------------------------------------------------------- ends
     def _save(self) -> None:
         state = {"samples": self.samples, "epoch": self.stream.epoch, "zero_stage": self.t.zero_stage,
                  "precision": self.precision, "global_batch": self.global_batch, "losses": self.last,
-                 "config": to_dict(self.cfg)}
+                 "log_interval": self.interval.state(), "config": to_dict(self.cfg)}
         self.ckpt.save(self.engine, self.step, self.ema, self.noise, self.stream.state_dict(), state)
 
     def _stopped(self, log: TrainLogger, reason: str) -> TrainResult:
