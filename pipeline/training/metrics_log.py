@@ -17,6 +17,7 @@ import io
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,31 @@ COLUMNS = ("step", "kind", "epoch", "loss", "layer_loss", "voxel_loss", "ema_los
            "samples_per_s", "max_mem_mb", "elapsed_s")
 TIMING_COLUMNS = frozenset({"samples_per_s", "max_mem_mb", "elapsed_s", "generation_ms_per_shower",
                             "monitor_seconds"})  # differ between runs of the same computation
+
+
+@dataclass
+class LogInterval:
+    """The reduced losses (loss, layer, voxel) summed since the last ``train`` row of the metrics log; saved with
+    every checkpoint, so a resumed run writes the same rows as an uninterrupted one."""
+
+    n: int = 0
+    seconds: float = 0.0
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
+
+    def add(self, losses: torch.Tensor, seconds: float) -> None:
+        self.n += 1
+        self.seconds += seconds
+        self.sums += losses
+
+    def state(self) -> dict[str, Any]:
+        return {"n": self.n, "seconds": self.seconds, "sums": self.sums.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> LogInterval:
+        """From :meth:`state`; checkpoints written before it was saved start an empty interval."""
+        if not state:
+            return cls()
+        return cls(int(state["n"]), float(state["seconds"]), torch.tensor(state["sums"], dtype=torch.float64))
 
 
 def comparable_rows(path: str | Path) -> list[dict[str, str]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -40,7 +40,7 @@ from pipeline.training.checkpoint import Checkpointer, tag_for
 from pipeline.training.ema import EMA, export_ema
 from pipeline.training.engine import build_engine
 from pipeline.training.initial_weights import Teacher, load_init_from, student_of
-from pipeline.training.metrics_log import TrainLogger, max_memory_mb
+from pipeline.training.metrics_log import LogInterval, TrainLogger, max_memory_mb
 from pipeline.training.monitor import FidelityMonitor
 from pipeline.training.pairs import DiffusionPair, DistillationPair
 
@@ -60,31 +60,6 @@ class TrainResult:
     @property
     def exit_code(self) -> int:
         return {"done": EXIT_DONE, "stopped": EXIT_REQUEUE, "nonfinite": EXIT_NONFINITE}[self.status]
-
-
-@dataclass
-class _LogInterval:
-    """The reduced losses (loss, layer, voxel) summed since the last ``train`` row of the metrics log; saved with
-    every checkpoint, so a resumed run writes the same rows as an uninterrupted one."""
-
-    n: int = 0
-    seconds: float = 0.0
-    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(3, dtype=torch.float64))
-
-    def add(self, losses: torch.Tensor, seconds: float) -> None:
-        self.n += 1
-        self.seconds += seconds
-        self.sums += losses
-
-    def state(self) -> dict[str, Any]:
-        return {"n": self.n, "seconds": self.seconds, "sums": self.sums.tolist()}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any] | None) -> _LogInterval:
-        """From :meth:`state`; checkpoints written before it was saved start an empty interval."""
-        if not state:
-            return cls()
-        return cls(int(state["n"]), float(state["seconds"]), torch.tensor(state["sums"], dtype=torch.float64))
 
 
 class Trainer:
@@ -137,7 +112,7 @@ class Trainer:
         self.ckpt = Checkpointer(self.run_dir, env.rank, env.world_size, keep=self.t.keep_checkpoints)
         self.step = self.samples = 0
         self.last: dict[str, float] = {}  # latest reduced losses by name
-        self.interval = _LogInterval()
+        self.interval = LogInterval()
         self.val_seconds = self.monitor_seconds = 0.0
         self.monitor: FidelityMonitor | None = None
 
@@ -152,7 +127,7 @@ class Trainer:
         self.stream.load_state_dict(resumed.stream)
         self.step, self.samples = int(resumed.state["step"]), int(resumed.state["samples"])
         self.last = dict(resumed.state.get("losses", {}))
-        self.interval = _LogInterval.from_state(resumed.state.get("log_interval"))
+        self.interval = LogInterval.from_state(resumed.state.get("log_interval"))
         if self.engine.global_steps != self.step:
             raise RuntimeError(f"{tag}: DeepSpeed restored {self.engine.global_steps} steps, "
                                f"train_state.json says {self.step}")
@@ -319,7 +294,7 @@ class Trainer:
             "grad_norm": float(norm) if norm is not None else None,
             "samples_per_s": interval.n * self.global_batch / max(interval.seconds, 1e-9),
             "max_mem_mb": max_memory_mb(self.device)})
-        self.interval = _LogInterval()
+        self.interval = LogInterval()
 
     # ----------------------------------------------------------------- ends
     def _save(self) -> None:
