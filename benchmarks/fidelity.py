@@ -19,9 +19,11 @@ Then, for the teacher and every distillation stage:
 - whole model (``train.networks`` has ``voxels``): ``pipeline.generate`` one shower per reference energy and
   ``pipeline.evaluate`` (AUC low/high, FPD, KPD, separation powers), with the generation ms per shower;
 - layer network alone (``train.networks: [layers]``): the layer energies its sampler makes for the reference's
-  incident energies (layers below the readout threshold zeroed), compared with
+  incident energies (layers below the readout threshold zeroed) from 2 generation seeds, each compared with
   :func:`pipeline.evaluation.layer_fidelity.compare_layer_energies` (classifier AUC on
-  ``(log E_inc, layer energies / E_inc, E_tot / E_inc)``, mean of 3 runs; E_tot/E_inc and layer separation powers).
+  ``(log E_inc, layer energies / E_inc, E_tot / E_inc)`` with 3 classifier seeds: mean +- std over the 6;
+  E_tot/E_inc and layer separation powers, averaged over the 2 samples), and the null: the reference against an
+  independent stand-in sample of the same size, measured the same way.
 
 The training run's fidelity monitor (``logs/monitor.csv``) gives the curve during training. Writes
 ``<run.dir>/fidelity.json`` and prints the tables as markdown; ``--plot`` draws the curves.
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -125,13 +128,27 @@ def whole_model_fidelity(args: argparse.Namespace, cfg: Config, env: dict[str, s
             "report": str(out / "report.md")}
 
 
+GENERATION_SEEDS = 2  # independent generated samples per stage (generate.seed, generate.seed + 1)
+CLASSIFIER_SEEDS = 3  # classifier runs per comparison
+
+
+def _mean_over_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numbers averaged over the generated samples; the classifier AUC as mean and standard deviation over every
+    (generation seed, classifier seed) pair; every sample's own result under ``by_generation_seed``."""
+    out = {k: (float(np.mean([r[k] for r in results])) if isinstance(v, float) else v) for k, v in results[0].items()}
+    aucs = [auc for r in results for auc in r["classifier_auc_runs"]]
+    out.update(classifier_auc=float(np.mean(aucs)), classifier_auc_std=float(np.std(aucs, ddof=1)),
+               classifier_runs=len(aucs), by_generation_seed=results)
+    return out
+
+
 def layer_network_fidelity(cfg: Config, stage: int, steps: int | None = None) -> dict[str, Any]:
     """Layer energies of stage ``stage``'s layer network (sampled with ``steps``, default its own) for the
-    reference's incident energies, against the reference's (classifier AUC, separation powers), and the
-    generation time per shower."""
+    reference's incident energies, from :data:`GENERATION_SEEDS` generation seeds, against the reference
+    (classifier AUC with :data:`CLASSIFIER_SEEDS` seeds each, separation powers), and the generation time per
+    shower."""
     import torch
 
-    from pipeline.evaluation.classifier import protocol_config
     from pipeline.evaluation.layer_fidelity import compare_layer_energies, reference_layer_energies
     from pipeline.generation.sampler import load_layer_sampler
 
@@ -139,11 +156,39 @@ def layer_network_fidelity(cfg: Config, stage: int, steps: int | None = None) ->
     sampler = load_layer_sampler(run_layout.distill_dir(cfg, stage), torch.device("cpu"), clip_x=cfg.generate.clip_x)
     sampler.steps = steps or sampler.steps
     reference, energies = reference_layer_energies(cfg.evaluate.reference, cfg.data.geometry)
-    t0 = time.perf_counter()
-    generated = sampler.sample(energies, cfg.generate.seed)
-    ms = 1e3 * (time.perf_counter() - t0) / len(energies)
-    cls = protocol_config(cfg.evaluate.classifier_protocol, cfg.evaluate.classifier_epochs, runs=3)
-    return {**compare_layer_energies(generated, reference, energies, energies, classifier=cls), "ms_per_shower": ms}
+    results, seconds = [], 0.0
+    for k in range(GENERATION_SEEDS):
+        t0 = time.perf_counter()
+        generated = sampler.sample(energies, cfg.generate.seed + k)
+        seconds += time.perf_counter() - t0
+        results.append({**compare_layer_energies(generated, reference, energies, energies, classifier=_classifier(cfg)),
+                        "generation_seed": cfg.generate.seed + k})
+    return {**_mean_over_seeds(results), "ms_per_shower": 1e3 * seconds / (GENERATION_SEEDS * len(energies))}
+
+
+def _classifier(cfg: Config) -> Any:
+    from pipeline.evaluation.classifier import protocol_config
+
+    return protocol_config(cfg.evaluate.classifier_protocol, cfg.evaluate.classifier_epochs, runs=CLASSIFIER_SEEDS)
+
+
+def layer_null(cfg: Config) -> dict[str, Any]:
+    """The reference against a second, independent stand-in sample of the same size (simulated next to it with
+    the reference's seed + 100): the AUC and separation powers of identical distributions, measured."""
+    from data_tools.simulate import simulate_file
+    from pipeline.evaluation.layer_fidelity import compare_layer_energies, reference_layer_energies
+
+    standin = cfg.evaluate.reference_standin
+    assert cfg.evaluate.reference is not None and standin is not None, "evaluate.reference_standin: the null needs it"
+    path = Path(cfg.evaluate.reference).with_name(f"null_{Path(cfg.evaluate.reference).name}")
+    if not path.exists():
+        simulate_file(path, cfg.data.geometry, standin.n, seed=standin.seed + 100, workers=standin.workers)
+    reference, energies = reference_layer_energies(cfg.evaluate.reference, cfg.data.geometry)
+    other, other_energies = reference_layer_energies(path, cfg.data.geometry)
+    result = compare_layer_energies(other, reference, other_energies, energies, classifier=_classifier(cfg))
+    aucs = result["classifier_auc_runs"]
+    return {**result, "classifier_auc": float(np.mean(aucs)), "classifier_auc_std": float(np.std(aucs, ddof=1)),
+            "sample": str(path)}
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -165,6 +210,9 @@ def print_tables(result: dict[str, Any]) -> None:
     for s in result["stages"]:
         cells = [str(s["stage"]), str(s["sample_steps"]), str(s["steps"]), fmt(_minutes(s), 1)]
         print("| " + " | ".join(cells + [cell(s["fidelity"]) for _, cell in columns]) + " |")
+    if result.get("null"):
+        print("| null: reference vs an independent sample | - | - | - | "
+              + " | ".join(cell({**result["null"], "ms_per_shower": None}) for _, cell in columns) + " |")
 
 
 def _pair(f: dict[str, Any], a: str, b: str, digits: int = 3, sep: str = " / ") -> str:
@@ -172,7 +220,8 @@ def _pair(f: dict[str, Any], a: str, b: str, digits: int = 3, sep: str = " / ") 
 
 
 LAYER_COLUMNS = [
-    ("classifier AUC", lambda f: fmt(f["classifier_auc"])),
+    ("classifier AUC (mean +- std)", lambda f: fmt(f["classifier_auc"]) + (
+        f" +- {fmt(f['classifier_auc_std'])}" if f.get("classifier_auc_std") is not None else "")),
     ("E_tot/E_inc (floor)", lambda f: _pair(f, "etot_einc", "etot_einc_floor", sep=" (") + ")"),
     ("layer energies (floor)", lambda f: _pair(f, "e_layer", "e_layer_floor", sep=" (") + ")"),
     ("mean E_tot/E_inc gen / ref", lambda f: _pair(f, "response_generated", "response_reference", 4)),
@@ -285,7 +334,8 @@ def main() -> None:
                        "fidelity": layer_network_fidelity(cfg, 0, final)})
     result = {"config": args.config, "overrides": args.set, "mode": mode, "threads": args.threads,
               "train_minutes": args.train_minutes, "distill_minutes": args.distill_minutes,
-              "curve": monitor_rows(train_dir), "stages": stages, "seconds": time.perf_counter() - t0}
+              "curve": monitor_rows(train_dir), "stages": stages,
+              "null": layer_null(cfg) if mode == "layers" else None, "seconds": time.perf_counter() - t0}
     (train_dir / args.out).write_text(json.dumps(result, indent=1))
     print_tables(result)
     if args.plot:

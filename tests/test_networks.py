@@ -17,7 +17,7 @@ from pipeline.data.samples import open_sample
 from pipeline.data.shower_store import ShowerStore
 from pipeline.data.stream import ShowerStream, StreamError
 from pipeline.diffusion import CosineSchedule
-from pipeline.generation.sampler import load_sampler
+from pipeline.generation.sampler import load_sampler, load_voxel_sampler
 from pipeline.launch.plan import chain
 from pipeline.models import build_models
 from pipeline.models.ema_weights import load_ema_weights
@@ -142,6 +142,12 @@ def test_separate_runs_distill_and_generate_together(tmp_path, store):
         load_sampler(tmp_path / "voxels", cpu, layer_model_dir=tmp_path / "voxels")
     sampler = load_sampler(tmp_path / "voxels", cpu, layer_model_dir=stage)
     assert sampler.layer_steps == 2 and sampler.steps == 4 and sampler.info["layer_model"]["stage"] == 1
+    with pytest.raises(ConfigError, match="did not train the voxel network"):
+        load_voxel_sampler(tmp_path / "layers", cpu)
+    voxels_alone = load_voxel_sampler(tmp_path / "voxels", cpu)
+    given = torch.rand(2, 45) * 100.0 + 1.0
+    showers = voxels_alone(torch.tensor([[5000.0], [20000.0]]), [1, 2], given, threshold=False)
+    assert torch.allclose(showers.sum(dim=(2, 3)), given, rtol=1e-3)  # the voxel network keeps the given layers
 
     proc = run_module("pipeline.generate", "--config", str(runs["voxels"]), "--model", str(tmp_path / "voxels"),
                       "--layer-model", str(stage), env=clean_env(OMP_NUM_THREADS="1"))

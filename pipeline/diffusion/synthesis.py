@@ -15,7 +15,7 @@ from pipeline.physics.preprocessing import Preprocessor
 
 
 @torch.no_grad()
-def synthesize(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, voxel_model: nn.Module,
+def synthesize(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module | None, voxel_model: nn.Module,
              preprocessor: Preprocessor, steps: int, *, schedule: CosineSchedule = CosineSchedule(),
              eta: float = 0.0, layer_steps: int | None = None, threshold: bool = True,
              prediction: Prediction = "v", layers: Tensor | None = None,
@@ -28,10 +28,10 @@ def synthesize(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, v
     energies; ``eta > 0`` makes both samplers stochastic. Models are used as given (call ``.eval()``,
     wrap in ``torch.autocast`` if wanted); the preprocessor must be on the models' device. ``prediction``: what
     the networks output (``diffusion.prediction``). ``layers`` (B, L), preprocessed, replaces the layer network's
-    sample (the voxel network alone, conditioned on given layer energies); ``layer_prediction`` (default
-    ``prediction``) is the layer network's, when it comes from another run. ``clip`` clips every step's clean-sample
-    estimate to the physical range of each bin (``generate.clip_x``); ``threshold_fractions``: see
-    :meth:`Preprocessor.inverse`.
+    sample (the voxel network alone, conditioned on given layer energies; ``layer_model`` may then be None);
+    ``layer_prediction`` (default ``prediction``) is the layer network's, when it comes from another run. ``clip``
+    clips every step's clean-sample estimate to the physical range of each bin (``generate.clip_x``);
+    ``threshold_fractions``: see :meth:`Preprocessor.inverse`.
     """
     if len(seeds) != len(energies):
         raise ValueError(f"{len(seeds)} seeds for {len(energies)} energies")
@@ -45,6 +45,8 @@ def synthesize(energies: Tensor, seeds: Sequence[int], layer_model: nn.Module, v
     if clip:
         voxel_v = clipped_x(voxel_v, schedule, *preprocessor.bounds()[1])
     if layers is None:
+        if layer_model is None:
+            raise ValueError("synthesize: no layer network and no given layers")
         layers = _sample_layers(layer_model, cond, noise, preprocessor, layer_steps or steps, schedule, eta,
                                 layer_prediction or prediction, clip)
     else:

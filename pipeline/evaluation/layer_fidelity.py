@@ -67,7 +67,9 @@ def compare_layer_energies(generated: np.ndarray, reference: np.ndarray, e_inc_g
                                  DenseFeatures(layer_features(reference, e_inc_reference)), classifier,
                                  label="layer classifier")
         out["classifier_auc"] = result["auc"]
+        out["classifier_auc_runs"] = [run["auc"] for run in result["runs"]]  # one per classifier seed
         out["classifier_auc_null_std"] = result.get("auc_null_std")
+        out["classifier_protocol"] = result.get("protocol")
     return out
 
 

@@ -201,3 +201,47 @@ def load_layer_sampler(model_dir: Path, device: torch.device, clip_x: bool = Fal
     return LayerSampler(run.layer_net(geometry).to(device).eval(), Preprocessor(run.stats, geometry).to(device),
                         CosineSchedule.from_config(run.cfg.diffusion), run.steps, geometry, run.cfg.diffusion.prediction,
                         info, clip_x)
+
+
+@dataclass
+class VoxelSampler:
+    """A finished run's EMA voxel network alone, conditioned on given layer energies:
+    ``__call__(energies, seeds, layer_energies)`` -> showers (B, L, A, R) MeV whose layer energies are the given
+    ones (before the threshold). Evaluates the voxel network without the layer network's errors, as the monitor
+    of a voxels-only run does."""
+
+    voxel_net: torch.nn.Module
+    preprocessor: Preprocessor
+    schedule: CosineSchedule
+    steps: int
+    eta: float
+    geometry: Geometry
+    prediction: Prediction
+    info: dict[str, Any]
+    clip: bool = False  # generate.clip_x
+    threshold_fractions: bool = False  # generate.threshold_fractions
+
+    def __call__(self, energies: torch.Tensor, seeds: Sequence[int], layer_energies: torch.Tensor,
+                 threshold: bool = True) -> torch.Tensor:
+        device = self.preprocessor.layer_mean.device
+        energies = energies.to(device)
+        layers = self.preprocessor.from_layer_energies(layer_energies.to(device, torch.float32), energies).layers
+        return synthesize(energies, seeds, None, self.voxel_net, self.preprocessor, self.steps, schedule=self.schedule,
+                          eta=self.eta, threshold=threshold, prediction=self.prediction, layers=layers,
+                          clip=self.clip, threshold_fractions=self.threshold_fractions)
+
+
+def load_voxel_sampler(model_dir: Path, device: torch.device, clip_x: bool = False,
+                       threshold_fractions: bool = False) -> VoxelSampler:
+    """The voxel network of the finished run (training or distillation stage) in ``model_dir``."""
+    run = _read_run(model_dir, device, "model")
+    if "voxels" not in run.networks:
+        raise ConfigError(f"{model_dir} did not train the voxel network (train.networks {run.networks})")
+    geometry = load_geometry(run.done["geometry"])
+    _, net = build_models(run.cfg.model, geometry)
+    net.load_state_dict(run.parts["voxel_unet"])
+    info = {"model_dir": str(model_dir.resolve()), "stage": run.done.get("stage", 0), "sample_steps": run.steps,
+            "ema_sha256": run.done.get("ema_sha256")}
+    return VoxelSampler(net.to(device).eval(), Preprocessor(run.stats, geometry).to(device),
+                        CosineSchedule.from_config(run.cfg.diffusion), run.steps, run.cfg.diffusion.eta, geometry,
+                        run.cfg.diffusion.prediction, info, clip_x, threshold_fractions)
