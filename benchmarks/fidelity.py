@@ -14,16 +14,19 @@ reached (re-run with ``max_steps`` = that step: the EMA export and ``DONE.json``
 always has a finished teacher. A stage with a ``DONE.json`` is skipped, so re-running resumes (and re-running
 with sampling-time overrides such as ``--set generate.clip_x=true --out fidelity_clip.json`` re-evaluates).
 
-Then, for the teacher and every distillation stage:
+Then, for the teacher and every distillation stage (and with ``--undistilled`` the teacher sampled with the last
+stage's steps: what distillation buys), from 2 generation seeds (independent samples), one shower or set of layer
+energies per reference incident energy:
 
-- whole model (``train.networks`` has ``voxels``): ``pipeline.generate`` one shower per reference energy and
-  ``pipeline.evaluate`` (AUC low/high, FPD, KPD, separation powers), with the generation ms per shower;
-- layer network alone (``train.networks: [layers]``): the layer energies its sampler makes for the reference's
-  incident energies (layers below the readout threshold zeroed) from 2 generation seeds, each compared with
+- whole model (``train.networks`` has ``voxels``): ``pipeline.generate`` and ``pipeline.evaluate`` of each sample
+  (AUC low/high with 3 classifier seeds: mean +- std over the 6; FPD, KPD and separation powers averaged over the
+  2 samples), with the generation ms per shower;
+- layer network alone (``train.networks: [layers]``): the layer energies its sampler makes (layers below the
+  readout threshold zeroed), each compared with
   :func:`pipeline.evaluation.layer_fidelity.compare_layer_energies` (classifier AUC on
-  ``(log E_inc, layer energies / E_inc, E_tot / E_inc)`` with 3 classifier seeds: mean +- std over the 6;
-  E_tot/E_inc and layer separation powers, averaged over the 2 samples), and the null: the reference against an
-  independent stand-in sample of the same size, measured the same way.
+  ``(log E_inc, layer energies / E_inc, E_tot / E_inc)`` with 3 classifier seeds; E_tot/E_inc and layer
+  separation powers);
+- the null: the reference against an independent stand-in sample of the same size, measured the same way.
 
 The training run's fidelity monitor (``logs/monitor.csv``) gives the curve during training. Writes
 ``<run.dir>/fidelity.json`` and prints the tables as markdown; ``--plot`` draws the curves.
@@ -102,30 +105,64 @@ def monitor_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def whole_model_fidelity(args: argparse.Namespace, cfg: Config, env: dict[str, str], stage: int,
-                         work: Path) -> dict[str, Any]:
-    """Generate one shower per reference energy with stage ``stage`` and evaluate it with pipeline.evaluate."""
-    name = "teacher" if stage == 0 else f"stage_{stage}"
-    sample, out = work / f"{name}.zarr", work / f"evaluation_{name}"
-    if not run_layout.sample_manifest(sample).exists():
-        code = run(command(args, "pipeline.generate", "--model", name, "--out", str(sample)), env)
-        if code != 0:
-            raise SystemExit(f"pipeline.generate --model {name} failed with exit code {code}")
-    manifest = json.loads(run_layout.sample_manifest(sample).read_text())
+def _evaluate(args: argparse.Namespace, env: dict[str, str], generated: Path, out: Path) -> dict[str, Any]:
+    """``pipeline.evaluate`` of ``generated`` against the reference (:data:`CLASSIFIER_SEEDS` classifier runs);
+    the numbers the tables show, with every classifier run's AUC."""
     if not (out / run_layout.REPORT_FILE).exists():
-        code = run(command(args, "pipeline.evaluate", "--generated", str(sample), "--out", str(out), "--quiet"), env)
+        code = run(command(args, "pipeline.evaluate", "--generated", str(generated), "--out", str(out), "--quiet",
+                           "--classifier-runs", str(CLASSIFIER_SEEDS)), env)
         if code != 0:
-            raise SystemExit(f"pipeline.evaluate of {sample} failed with exit code {code}")
+            raise SystemExit(f"pipeline.evaluate of {generated} failed with exit code {code}")
     report = json.loads((out / run_layout.REPORT_FILE).read_text())
     summary = report["separation_power"]["summary"]
     pd = report.get("physics_distance") or {}
-    return {"showers": manifest["n"], "ms_per_shower": manifest["timing"]["ms_per_shower_per_rank"],
-            "auc_low": report["classifier"].get("low", {}).get("auc"),
-            "auc_high": report["classifier"].get("high", {}).get("auc"),
+    runs = {k: [r["auc"] for r in report["classifier"].get(k, {}).get("runs", [])] for k in ("low", "high")}
+    return {"auc_low_runs": runs["low"], "auc_high_runs": runs["high"],
             "fpd": pd.get("fpd", {}).get("value"), "fpd_error": pd.get("fpd", {}).get("error"),
             "etot_einc": summary["etot_einc"]["value"], "e_layer": summary["e_layer"]["mean"],
             "width_x": summary["width_x"]["mean"], "sparsity": summary["sparsity"]["mean"],
             "report": str(out / "report.md")}
+
+
+def _with_auc_spread(out: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """``auc_low`` / ``auc_high`` as mean and standard deviation over every classifier run of ``results``."""
+    for key in ("auc_low", "auc_high"):
+        aucs = [auc for r in results for auc in r[key + "_runs"]]
+        out[key] = float(np.mean(aucs)) if aucs else None
+        out[key + "_std"] = float(np.std(aucs, ddof=1)) if len(aucs) > 1 else None
+    return out
+
+
+def whole_model_fidelity(args: argparse.Namespace, cfg: Config, env: dict[str, str], stage: int, work: Path,
+                         steps: int | None = None) -> dict[str, Any]:
+    """Stage ``stage`` (sampled with ``steps``, default its own) generates one shower per reference energy with
+    :data:`GENERATION_SEEDS` generation seeds; each sample is evaluated by ``pipeline.evaluate``. AUCs: mean +- std
+    over every (generation seed, classifier seed); the rest: mean over the samples, each under
+    ``by_generation_seed``."""
+    name = ("teacher" if stage == 0 else f"stage_{stage}") + (f"_{steps}_steps" if steps else "")
+    results, ms = [], []
+    for k in range(GENERATION_SEEDS):
+        seed = cfg.generate.seed + k
+        sample = work / f"{name}_seed{seed}.zarr"
+        if not run_layout.sample_manifest(sample).exists():
+            extra = ["--set", f"generate.seed={seed}", *(["--set", f"generate.sample_steps={steps}"] if steps else [])]
+            code = run(command(args, "pipeline.generate", "--model", "teacher" if stage == 0 else f"stage_{stage}",
+                               "--out", str(sample), *extra), env)
+            if code != 0:
+                raise SystemExit(f"pipeline.generate of {sample} failed with exit code {code}")
+        manifest = json.loads(run_layout.sample_manifest(sample).read_text())
+        ms.append(manifest["timing"]["ms_per_shower_per_rank"])
+        results.append({**_evaluate(args, env, sample, work / f"evaluation_{name}_seed{seed}"),
+                        "showers": manifest["n"], "generation_seed": seed})
+    out = {k: (float(np.mean([r[k] for r in results])) if isinstance(v, float) else v) for k, v in results[0].items()}
+    return {**_with_auc_spread(out, results), "ms_per_shower": float(np.mean(ms)), "by_generation_seed": results}
+
+
+def whole_null(args: argparse.Namespace, cfg: Config, env: dict[str, str], work: Path) -> dict[str, Any]:
+    """``pipeline.evaluate`` of an independent stand-in sample (:func:`null_sample`) against the reference."""
+    path = null_sample(cfg)
+    result = _evaluate(args, env, path, work / "evaluation_null")
+    return {**_with_auc_spread(dict(result), [result]), "sample": str(path)}
 
 
 GENERATION_SEEDS = 2  # independent generated samples per stage (generate.seed, generate.seed + 1)
@@ -172,18 +209,25 @@ def _classifier(cfg: Config) -> Any:
     return protocol_config(cfg.evaluate.classifier_protocol, cfg.evaluate.classifier_epochs, runs=CLASSIFIER_SEEDS)
 
 
-def layer_null(cfg: Config) -> dict[str, Any]:
-    """The reference against a second, independent stand-in sample of the same size (simulated next to it with
-    the reference's seed + 100): the AUC and separation powers of identical distributions, measured."""
+def null_sample(cfg: Config) -> Path:
+    """A second stand-in sample of the reference's size, independent of it (simulated next to it with the
+    reference's seed + 100): what identical distributions give."""
     from data_tools.simulate import simulate_file
-    from pipeline.evaluation.layer_fidelity import compare_layer_energies, reference_layer_energies
 
     standin = cfg.evaluate.reference_standin
     assert cfg.evaluate.reference is not None and standin is not None, "evaluate.reference_standin: the null needs it"
     path = Path(cfg.evaluate.reference).with_name(f"null_{Path(cfg.evaluate.reference).name}")
     if not path.exists():
         simulate_file(path, cfg.data.geometry, standin.n, seed=standin.seed + 100, workers=standin.workers)
+    return path
+
+
+def layer_null(cfg: Config) -> dict[str, Any]:
+    """The reference's layer energies against those of :func:`null_sample`, measured as a generated sample's."""
+    from pipeline.evaluation.layer_fidelity import compare_layer_energies, reference_layer_energies
+
     reference, energies = reference_layer_energies(cfg.evaluate.reference, cfg.data.geometry)
+    path = null_sample(cfg)
     other, other_energies = reference_layer_energies(path, cfg.data.geometry)
     result = compare_layer_energies(other, reference, other_energies, energies, classifier=_classifier(cfg))
     aucs = result["classifier_auc_runs"]
@@ -219,9 +263,13 @@ def _pair(f: dict[str, Any], a: str, b: str, digits: int = 3, sep: str = " / ") 
     return f"{fmt(f.get(a), digits)}{sep}{fmt(f.get(b), digits)}"
 
 
+def _auc(key: str) -> Any:
+    """A table cell: the AUC ``key`` as mean +- std."""
+    return lambda f: fmt(f.get(key)) + (f" +- {fmt(f[key + '_std'])}" if f.get(key + "_std") is not None else "")
+
+
 LAYER_COLUMNS = [
-    ("classifier AUC (mean +- std)", lambda f: fmt(f["classifier_auc"]) + (
-        f" +- {fmt(f['classifier_auc_std'])}" if f.get("classifier_auc_std") is not None else "")),
+    ("classifier AUC (mean +- std)", _auc("classifier_auc")),
     ("E_tot/E_inc (floor)", lambda f: _pair(f, "etot_einc", "etot_einc_floor", sep=" (") + ")"),
     ("layer energies (floor)", lambda f: _pair(f, "e_layer", "e_layer_floor", sep=" (") + ")"),
     ("mean E_tot/E_inc gen / ref", lambda f: _pair(f, "response_generated", "response_reference", 4)),
@@ -230,10 +278,10 @@ LAYER_COLUMNS = [
     ("empty layers gen / ref", lambda f: _pair(f, "empty_layers_generated", "empty_layers_reference")),
     ("ms per shower", lambda f: fmt(f["ms_per_shower"], 3)),
 ]
-WHOLE_COLUMNS = [(name, lambda f, k=key, d=digits: fmt(f.get(k), d)) for name, key, digits in (
-    ("AUC low", "auc_low", 3), ("AUC high", "auc_high", 3), ("FPD", "fpd", 4), ("E_tot/E_inc", "etot_einc", 3),
-    ("layer energies", "e_layer", 3), ("width x", "width_x", 3), ("sparsity", "sparsity", 3),
-    ("ms per shower", "ms_per_shower", 1))]
+WHOLE_COLUMNS = [("AUC low (mean +- std)", _auc("auc_low")), ("AUC high (mean +- std)", _auc("auc_high"))] + [
+    (name, lambda f, k=key, d=digits: fmt(f.get(k), d)) for name, key, digits in (
+        ("FPD", "fpd", 4), ("E_tot/E_inc", "etot_einc", 3), ("layer energies", "e_layer", 3),
+        ("width x", "width_x", 3), ("sparsity", "sparsity", 3), ("ms per shower", "ms_per_shower", 1))]
 
 
 def _minutes(stage: dict[str, Any]) -> float | None:
@@ -295,7 +343,7 @@ def main() -> None:
     p.add_argument("--stages", type=int, help="distillation stages to run (default: all the config has)")
     p.add_argument("--evaluate", type=int, nargs="+", metavar="K", help="evaluate only these stages (0: teacher)")
     p.add_argument("--undistilled", action="store_true",
-                   help="layers alone: also evaluate the teacher sampled with the last stage's steps")
+                   help="also evaluate the teacher sampled with the last stage's steps (generate.sample_steps)")
     p.add_argument("--plot", type=Path)
     p.add_argument("--out", default="fidelity.json", help="result file in run.dir (default fidelity.json)")
     p.add_argument("--tables-only", action="store_true", help="print the tables (and --plot) of the result file")
@@ -328,14 +376,17 @@ def main() -> None:
         s["fidelity"] = whole_model_fidelity(args, cfg, env, s["stage"], work) if mode == "whole" \
             else layer_network_fidelity(cfg, s["stage"])
         print(f"[fidelity] stage {s['stage']} ({s['sample_steps']} steps): {s['fidelity']}", flush=True)
-    if args.undistilled and mode == "layers":  # what distillation buys: the teacher with the final stage's steps
+    if args.undistilled:  # what distillation buys: the teacher with the final stage's steps
         final = run_layout.stage_steps(cfg, run_layout.n_stages(cfg))
+        fidelity = whole_model_fidelity(args, cfg, env, 0, work, final) if mode == "whole" \
+            else layer_network_fidelity(cfg, 0, final)
         stages.append({**stages[0], "stage": "teacher, undistilled", "sample_steps": final, "seconds": None,
-                       "fidelity": layer_network_fidelity(cfg, 0, final)})
+                       "fidelity": fidelity})
     result = {"config": args.config, "overrides": args.set, "mode": mode, "threads": args.threads,
               "train_minutes": args.train_minutes, "distill_minutes": args.distill_minutes,
               "curve": monitor_rows(train_dir), "stages": stages,
-              "null": layer_null(cfg) if mode == "layers" else None, "seconds": time.perf_counter() - t0}
+              "null": layer_null(cfg) if mode == "layers" else whole_null(args, cfg, env, work),
+              "seconds": time.perf_counter() - t0}
     (train_dir / args.out).write_text(json.dumps(result, indent=1))
     print_tables(result)
     if args.plot:

@@ -257,6 +257,21 @@ def test_a_different_plan_is_refused(tmp_path, model_config, reference_sample):
         run(cfg, rank=0, world_size=1)
 
 
+def test_sample_steps_override_the_models_own(tmp_path, model_config, reference_sample):
+    """generate.sample_steps: the same model with other DDIM steps (the undistilled teacher at a stage's steps)."""
+    with pytest.raises(StoreError, match="another plan .sample_steps: 2, now 1"):
+        run(load_config(model_config, ["generate.sample_steps=1"]), rank=0, world_size=1)
+    out = tmp_path / "one_step.zarr"
+    assert run(load_config(model_config, [f"generate.out={out}", "generate.sample_steps=1"]), rank=0, world_size=1) == 0
+    manifest = json.loads(sample_manifest(out).read_text())
+    assert manifest["sample_steps"] == 1 and manifest["model"]["model_sample_steps"] == 2
+    showers, energies = read_sample(out)
+    np.testing.assert_array_equal(energies, reference_sample[1])
+    assert not np.allclose(showers, reference_sample[0])
+    with pytest.raises(ConfigError, match="generate.sample_steps: must be >= 1"):
+        load_config(model_config, ["generate.sample_steps=0"])
+
+
 def test_energies_from_a_reference_sample(tmp_path, model_config, store):
     cfg = load_config(model_config, [f"generate.out={tmp_path / 'e.zarr'}", "generate.n=0",
                                      f"generate.energies_from={store}"])

@@ -238,6 +238,7 @@ class GenerateConfig:
     seed: int = 0  # shower i's incident energy and noise depend only on (seed, i)
     model: str = "final"  # final (last distillation stage), teacher, stage_K, or a run/stage directory
     layer_model: Optional[str] = None  # run/stage directory of a layer network trained apart (train.networks: [layers])
+    sample_steps: Optional[int] = None  # DDIM steps; None: the model's own (its distillation stage's)
     out: Optional[str] = None  # zarr sample; default <run.dir>/samples/generated.zarr
     export: Optional[str] = None  # CaloChallenge HDF5 written by data_tools.export; default <sample>.hdf5
     export_dtype: Literal["float32", "float64"] = "float32"
@@ -262,6 +263,8 @@ class GenerateConfig:
             raise ConfigError(f"{path}.n: 0 (one shower per reference energy) needs {path}.energies_from")
         if self.seed < 0:
             raise ConfigError(f"{path}.seed: must be >= 0, got {self.seed}")
+        if self.sample_steps is not None and self.sample_steps < 1:
+            raise ConfigError(f"{path}.sample_steps: must be >= 1 (or null: the model's own), got {self.sample_steps}")
         lo, hi = self.energy_range
         if not 0 < lo <= hi:
             raise ConfigError(f"{path}.energy_range: expected 0 < min <= max (MeV), got {list(self.energy_range)}")

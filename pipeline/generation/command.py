@@ -68,7 +68,7 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
     torch.backends.cudnn.benchmark = g.cudnn_benchmark and device.type == "cuda"
     sampler = load_sampler(run_layout.model_dir(cfg), device, compile=g.compile, compile_mode=g.compile_mode,
                            channels_last=g.channels_last, layer_model_dir=Path(g.layer_model) if g.layer_model else None,
-                           clip_x=g.clip_x, threshold_fractions=g.threshold_fractions)
+                           clip_x=g.clip_x, threshold_fractions=g.threshold_fractions, steps=g.sample_steps)
     if sampler.geometry.name != cfg.data.geometry:
         raise ConfigError(f"data.geometry: {cfg.data.geometry}, but the model was trained on {sampler.geometry.name}")
     if g.energies_from is not None and not Path(g.energies_from).exists() and g.energies_from == cfg.evaluate.reference \

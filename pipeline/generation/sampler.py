@@ -124,10 +124,12 @@ def _layer_run(voxel_run: _Run, layer_model_dir: Path | None, device: torch.devi
 
 def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False, compile_mode: str = "default",
                  channels_last: bool = False, layer_model_dir: Path | None = None, clip_x: bool = False,
-                 threshold_fractions: bool = False) -> Sampler:
+                 threshold_fractions: bool = False, steps: int | None = None) -> Sampler:
     """The EMA networks of the finished run (training or distillation stage) in ``model_dir``, the layer network
     from ``layer_model_dir`` when given (``generate.layer_model``); optionally compiled with static shapes
-    (``compile_mode`` "reduce-overhead" adds CUDA graphs) and with the U-Net in channels_last_3d memory format."""
+    (``compile_mode`` "reduce-overhead" adds CUDA graphs) and with the U-Net in channels_last_3d memory format.
+    ``steps`` (``generate.sample_steps``) replaces the run's own number of DDIM steps, e.g. to sample a teacher
+    with its last distillation stage's steps and see what distillation buys."""
     run = _read_run(model_dir, device, "generate.model")
     if "voxels" not in run.networks:
         raise ConfigError(f"generate.model: {model_dir} trained the layer network alone (train.networks "
@@ -145,9 +147,10 @@ def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False
     if compile:
         layer_net = torch.compile(layer_net, dynamic=False, mode=compile_mode)
         unet = torch.compile(unet, dynamic=False, mode=compile_mode)
-    info = {"model_dir": str(model_dir.resolve()), "stage": done.get("stage", 0), "sample_steps": run.steps, "ema": done["ema"],
-            "ema_sha256": done.get("ema_sha256"), "preset": cfg.model.preset, "backbone": cfg.model.backbone,
-            "prediction": cfg.diffusion.prediction, "training_store": done["store"]}
+    info = {"model_dir": str(model_dir.resolve()), "stage": done.get("stage", 0), "sample_steps": steps or run.steps,
+            "ema": done["ema"], "ema_sha256": done.get("ema_sha256"), "preset": cfg.model.preset,
+            "backbone": cfg.model.backbone, "prediction": cfg.diffusion.prediction, "training_store": done["store"],
+            **({"model_sample_steps": run.steps} if steps and steps != run.steps else {})}
     layer_steps = layer_prediction = None
     if layer_run is not run:
         layer_done = layer_run.done
