@@ -1,33 +1,40 @@
-"""One command for a GPU node: generation and training speed of every model (voxel backbone x preset), through
+"""One command for a GPU node: training and generation speed of every model (voxel backbone x preset), through
 the project's real code.
 
-    python benchmarks/gpu_check.py --out DIR                 # one GPU, at most ~8 minutes (--budget-s)
-    python benchmarks/gpu_check.py --out DIR --cpu-smoke     # the same code paths on tiny shapes, CPU, < 1 min
+    python benchmarks/gpu_check.py --out DIR --budget-s 240   # a first run in a 10-minute slot on one GPU
+    python benchmarks/gpu_check.py --out DIR                  # the full check, about 8 minutes (--budget-s 420)
+    python benchmarks/gpu_check.py --out DIR --cpu-smoke      # the same code paths on tiny shapes, CPU, < 1 min
 
-Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md``:
+Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` after every item (atomically), so a run its caller
+kills leaves everything it measured. The items, most valuable first:
 
-- the device, torch, CUDA and cuDNN versions, and the bf16 dense peak the MFU is taken against;
+- the device, torch, CUDA and cuDNN versions, and the dense bf16 peak the MFU is taken against;
 - noise: ds3 showers/s of :class:`pipeline.diffusion.NoiseSource` on the device, and the largest difference
   between the device's noise and the CPU's for the same seeds (the integers are identical; only
   ``log``/``cos``/``sin`` rounding may differ);
-- generation, per model (U-Net and transformer, base and large) x {1, 8} steps x torch.compile off/on (and
-  channels_last_3d at 8 steps): ms per ds3
-  shower end to end through :class:`pipeline.generation.sampler.Sampler` (noise, layer and voxel networks, inverse preprocessing)
-  and :func:`pipeline.generation.shard_writer.to_host` (copy to pinned host memory), after warm-up, at the
-  batch size ``pipeline.generate`` picks (:func:`auto_batch_size`); the share of that time which is not
-  the networks (the same network calls timed alone); peak memory;
 - training, per model: showers/s through the real DeepSpeed engine (:func:`build_engine`, ZeRO-2, bf16
-  autocast with fp32 master weights, fused AdamW, the EMA update), achieved TFLOP/s (3 x forward FLOPs
-  of both networks, :func:`pipeline.tools.info.model_info`), MFU against the bf16 peak, peak memory.
+  autocast with fp32 master weights, fused AdamW, the EMA update), model TFLOP/s (3 x forward FLOPs of both
+  networks, :func:`pipeline.tools.info.model_info`) and MFU against the bf16 peak, hardware TFLOP/s and HFU
+  (4 x forward with activation checkpointing), peak memory;
+- generation, per model (U-Net and transformer, base and large) x {1, 8} steps, then channels_last_3d at 8 steps,
+  then torch.compile: ms per ds3 shower end to end through :class:`pipeline.generation.sampler.Sampler` (noise,
+  layer and voxel networks, inverse preprocessing) and :func:`pipeline.generation.shard_writer.to_host` (copy to
+  pinned host memory), after warm-up, at the batch size ``pipeline.generate`` picks (:func:`auto_batch_size`:
+  a divisor of the default shard rows); the share of that time which is not the networks (the same network
+  calls timed alone); peak memory;
+- layout: where the U-Nets lose the channels_last_3d layout on this device (the modules whose output is no
+  longer channels-last), which decides whether ``channels_last`` pays.
 
-Weights are random (speed does not depend on training); preprocessing statistics come from a small
-stand-in store. An item that fails (e.g. out of memory) or does not fit the time budget is recorded as such;
-the compiled runs come last (their compilation is the slowest part).
+Weights are random (speed does not depend on training); preprocessing statistics come from a small stand-in
+store. Any exception is recorded with its item and the run goes on. An item starts only if the budget has time
+left; a compiled item only if the budget still holds a compilation (estimated, then measured on the first), and
+a model whose compilation failed or was skipped is not compiled again.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import sys
@@ -45,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from generate_speed import stats_store  # noqa: E402 - benchmarks/ is the script's directory
 
-from pipeline.config import Config  # noqa: E402
+from pipeline.config import Config, StoreLayout  # noqa: E402
 from pipeline.data.shower_store import ShowerStore  # noqa: E402
 from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed  # noqa: E402
 from pipeline.generation.blocks import auto_batch_size  # noqa: E402
@@ -54,11 +61,15 @@ from pipeline.generation.shard_writer import to_host  # noqa: E402
 from pipeline.models import build_models  # noqa: E402
 from pipeline.physics.preprocessing import Preprocessor  # noqa: E402
 from pipeline.runtime.distributed import DistEnv, free_port, init_distributed, shutdown  # noqa: E402
+from pipeline.runtime.files import atomic_write_bytes  # noqa: E402
 from pipeline.runtime.precision import autocast  # noqa: E402
 from pipeline.tools.info import model_info  # noqa: E402
 
-#: dense bf16 peak TFLOP/s by device name fragment (vendor data sheets; SXM parts)
-BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+#: dense bf16 peak TFLOP/s (vendor data sheets, without sparsity): the first row whose fragments all occur in
+#: the device name wins, so the PCIe and NVL variants come before the SXM parts they share a name with
+BF16_PEAK_TFLOPS: list[tuple[tuple[str, ...], float]] = [
+    (("H100", "PCIe"), 756.0), (("H100", "NVL"), 835.0), (("H200", "NVL"), 835.0), (("GH200",), 989.0),
+    (("H200",), 989.0), (("H100",), 989.0), (("A100",), 312.0), (("L40S",), 362.0), (("A10",), 125.0)]
 
 
 @dataclass
@@ -69,14 +80,16 @@ class Plan:
     compile: bool  # also measure torch.compile'd generation
     train_batch: dict[str, int]
     train_steps: int
-    batch_cap: int
+    shard_rows: int  # generate.layout.shard_rows: the batch is a divisor of it, as pipeline.generate's is
     repeats: int
+    compile_estimate_s: float  # budget a first torch.compile item needs; later ones use the measured cost
 
 
 GPU_PLAN = Plan("ds3", ["unet:base", "transformer:base", "unet:large", "transformer:large"], [1, 8], True,
-                {"unet:base": 32, "transformer:base": 32, "unet:large": 16, "transformer:large": 16}, 10, 1024, 3)
+                {"unet:base": 32, "transformer:base": 32, "unet:large": 16, "transformer:large": 16}, 10,
+                StoreLayout().shard_rows, 3, 150.0)
 CPU_SMOKE_PLAN = Plan("ds2", ["unet:tiny", "transformer:tiny"], [1, 2], False,
-                      {"unet:tiny": 4, "transformer:tiny": 4}, 2, 4, 1)
+                      {"unet:tiny": 4, "transformer:tiny": 4}, 2, 4, 1, 0.0)
 
 
 def model_config(model: str) -> Config:
@@ -102,9 +115,14 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of :data:`BF16_PEAK_TFLOPS` for a ``torch.cuda.get_device_name``; None if unknown."""
+    return next((v for parts, v in BF16_PEAK_TFLOPS if all(p in device_name for p in parts)), None)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86'})"
-    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    peak = bf16_peak_tflops(name)
     return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
             "bf16_peak_tflops": peak, "python": platform.python_version()}
@@ -179,15 +197,58 @@ def check_generation(sampler: Sampler, batch: int, device: torch.device, precisi
             "not_network_share": max(0.0, 1 - nets / total), "peak_memory_gb": peak_memory_gb(device)}
 
 
+def channels_last_losses(store: ShowerStore, model: str, device: torch.device, precision: str) -> dict[str, Any]:
+    """Where a U-Net run with ``channels_last`` loses the channels_last_3d layout on this device: the modules
+    whose 5-d input has it and whose output does not (each such place costs a layout conversion later)."""
+    sampler = build_sampler(store, model, 1, device, False, channels_last=True)
+    net = sampler.voxel_unet
+    if not hasattr(net, "down"):
+        return {"applies": False}
+    cl = torch.channels_last_3d
+    lost, kept = [], 0
+
+    def hook(name: str) -> Callable:
+        def check(module: torch.nn.Module, args: tuple, out: Any) -> None:
+            nonlocal kept
+            x = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() == 5), None)
+            if x is None or not isinstance(out, torch.Tensor) or out.dim() != 5 or not x.is_contiguous(memory_format=cl):
+                return
+            if out.is_contiguous(memory_format=cl):
+                kept += 1
+            elif not any(child for child in module.children()):  # a leaf: where it happens
+                lost.append(f"{name} ({type(module).__name__})")
+        return check
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in net.named_modules() if n]
+    try:
+        with torch.no_grad(), autocast(precision, device):
+            sampler(torch.full((2,), 1e4, dtype=torch.float64), [0, 1])
+    finally:
+        for h in handles:
+            h.remove()
+    return {"applies": True, "modules_kept": kept, "leaves_that_lose_it": lost}
+
+
 def check_training(store: ShowerStore, model_name: str, batch: int, steps: int, device: torch.device,
                    precision: str) -> dict[str, Any]:
-    """Showers/s, TFLOP/s and memory of DeepSpeed training steps (ZeRO-2, one rank) with the EMA update."""
+    """Showers/s, TFLOP/s and memory of DeepSpeed training steps (ZeRO-2, one rank) with the EMA update; the engine
+    is gone (destroyed, collected) before the next item measures its memory."""
+    cfg = model_config(model_name)
+    cfg.data.geometry, cfg.data.batch_size = store.geometry.name, batch  # type: ignore[assignment]
+    showers_per_s, peak_gb = _training_rate(cfg, store, steps, device, precision)
+    gc.collect()
+    reset_peak(device)
+    return {"batch": batch, "showers_per_s": showers_per_s, **training_flops(cfg, showers_per_s),
+            "activation_checkpointing": cfg.model.checkpointing, "peak_memory_gb": peak_gb}
+
+
+def _training_rate(cfg: Config, store: ShowerStore, steps: int, device: torch.device,
+                   precision: str) -> tuple[float, float | None]:
     from pipeline.training.ema import EMA
     from pipeline.training.engine import build_engine
     from pipeline.training.pairs import DiffusionPair
 
-    cfg = model_config(model_name)
-    cfg.data.geometry, cfg.data.batch_size = store.geometry.name, batch  # type: ignore[assignment]
+    batch = cfg.data.batch_size
     torch.manual_seed(0)
     layer_net, unet = build_models(cfg.model, store.geometry)
     model = DiffusionPair(layer_net, unet, CosineSchedule()).to(device)
@@ -212,60 +273,104 @@ def check_training(store: ShowerStore, model_name: str, batch: int, steps: int, 
     for _ in range(steps):
         step()
     sync(device)
-    showers_per_s = steps * batch / (time.perf_counter() - t0)
-    flops = sum(n["flops"] for n in model_info(cfg).values()) * (4 if cfg.model.checkpointing else 3)
-    return {"batch": batch, "showers_per_s": showers_per_s, "tflops": flops * showers_per_s / 1e12,
-            "activation_checkpointing": cfg.model.checkpointing, "peak_memory_gb": peak_memory_gb(device)}
+    rate = steps * batch / (time.perf_counter() - t0)
+    peak_gb = peak_memory_gb(device)
+    if hasattr(engine, "destroy"):  # DeepSpeed's hooks and buckets hold memory past the engine's last use
+        engine.destroy()
+    return rate, peak_gb
 
 
-def attempt(results: list[dict], item: dict[str, Any], deadline: float, fn: Callable[[], dict]) -> None:
-    """Run one measurement into ``results``; failures and the time budget are recorded, not raised."""
-    if time.monotonic() > deadline:
-        results.append({**item, "skipped": "time budget"})
-        return
-    try:
-        results.append({**item, **fn()})
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
-        results.append({**item, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
-    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+def training_flops(cfg: Config, showers_per_s: float) -> dict[str, float]:
+    """Model TFLOP/s (3 x forward FLOPs of both networks per shower: forward and backward) and hardware TFLOP/s
+    (4 x with activation checkpointing, which runs every forward twice); MFU and HFU divide them by the peak."""
+    forward = sum(n["flops"] for n in model_info(cfg).values()) * showers_per_s / 1e12
+    return {"tflops": 3 * forward, "hardware_tflops": (4 if cfg.model.checkpointing else 3) * forward}
 
 
-def run_checks(plan: Plan, device: torch.device, budget_s: float, tmp: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + budget_s
+@dataclass
+class Results:
+    """The report, written to ``out`` (JSON and Markdown, atomically) after every item, so a run killed by its
+    caller's time limit leaves everything measured before."""
+
+    out: Path | None
+    report: dict[str, Any]
+    deadline: float
+
+    def save(self) -> None:
+        if self.out is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.out / "gpu_check.json", (json.dumps(self.report, indent=1) + "\n").encode())
+        atomic_write_bytes(self.out / "gpu_check.md", markdown(self.report).encode())
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def attempt(self, section: str, item: dict[str, Any], fn: Callable[[], dict], needs_s: float = 0.0) -> bool:
+        """Run one measurement into ``report[section]`` if ``needs_s`` seconds of the budget are left; any
+        exception is recorded with the item, not raised. Saves the report; True if the item measured."""
+        if self.left() < needs_s or self.left() <= 0:
+            row = {**item, "skipped": f"time budget ({max(self.left(), 0):.0f} s left, needs about {needs_s:.0f} s)"}
+        else:
+            t0 = time.monotonic()
+            try:
+                row = {**item, **fn()}
+            except Exception as err:  # noqa: BLE001 - one failing item must not lose the others' numbers
+                row = {**item, "error": f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"}
+            row["seconds"] = time.monotonic() - t0
+        self.report[section].append(row)
+        self.save()
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return "error" not in row and "skipped" not in row
+
+
+def run_checks(plan: Plan, device: torch.device, budget_s: float, tmp: Path, out: Path | None = None) -> dict[str, Any]:
+    """The items in order of value: training (the TFLOP/s docs/scaling.md needs), uncompiled generation of every
+    model, channels_last, then torch.compile (one compilation per model, only while the budget allows it)."""
     precision = "bf16" if device.type == "cuda" else "fp32"
-    report: dict[str, Any] = {"environment": environment(device), "geometry": plan.geometry, "precision": precision,
-                              "generation": [], "training": []}
+    env = environment(device)
+    res = Results(out, {"environment": env, "geometry": plan.geometry, "precision": precision, "budget_s": budget_s,
+                        "training": [], "generation": [], "layout": []}, time.monotonic() + budget_s)
     store = stats_store(plan.geometry, tmp)
-    report["noise"] = check_noise(store.geometry.shape, device, 256 if device.type == "cuda" else 8)
-    batches = {}
-    for model in plan.models:  # uncompiled first: every model gets its numbers before any compilation
-        sampler = build_sampler(store, model, 1, device, False)
-        batches[model] = batch = auto_batch_size(sampler, device, precision, plan.batch_cap)
-        for steps in plan.steps:
-            def measure(steps: int = steps, sampler: Sampler = sampler, batch: int = batch) -> dict:
-                sampler.steps = steps
-                return check_generation(sampler, batch, device, precision, plan.repeats)
-            attempt(report["generation"], {"model": model, "steps": steps, "compile": False, "channels_last": False},
-                    deadline, measure)
-        fast = build_sampler(store, model, max(plan.steps), device, False, channels_last=True)
-        attempt(report["generation"], {"model": model, "steps": fast.steps, "compile": False, "channels_last": True},
-                deadline, lambda s=fast, b=batch: check_generation(s, b, device, precision, plan.repeats))
+    res.report["noise"] = check_noise(store.geometry.shape, device, 256 if device.type == "cuda" else 8)
+    res.save()
+    peak = env["bf16_peak_tflops"] if device.type == "cuda" else None
     for model in plan.models:
-        attempt(report["training"], {"model": model}, deadline,
-                lambda m=model: check_training(store, m, plan.train_batch[m], plan.train_steps, device, precision))
+        def train(m: str = model) -> dict:
+            row = check_training(store, m, plan.train_batch[m], plan.train_steps, device, precision)
+            return {**row, "mfu": row["tflops"] / peak if peak else None,
+                    "hfu": row["hardware_tflops"] / peak if peak else None}
+        res.attempt("training", {"model": model}, train)
+    batches = {}
+    for model in plan.models:  # uncompiled: every model gets its numbers before any compilation
+        sampler = build_sampler(store, model, 1, device, False)
+        batches[model] = batch = auto_batch_size(sampler, device, precision, plan.shard_rows)
+        for steps, channels_last in [(s, False) for s in plan.steps] + [(max(plan.steps), True)]:
+            def measure(steps: int = steps, channels_last: bool = channels_last, batch: int = batch,
+                        m: str = model) -> dict:
+                return check_generation(build_sampler(store, m, steps, device, False, channels_last), batch, device,
+                                        precision, plan.repeats)
+            res.attempt("generation", {"model": model, "steps": steps, "compile": False,
+                                       "channels_last": channels_last}, measure)
+    for model in plan.models:
+        if model.startswith("unet"):
+            res.attempt("layout", {"model": model}, lambda m=model: channels_last_losses(store, m, device, precision))
+    compile_s = plan.compile_estimate_s  # the first compilation's cost, until one is measured
     for model in plan.models if plan.compile else []:
         sampler = build_sampler(store, model, 1, device, True)  # compiled once per model, for its batch size
-        for steps in plan.steps:
+        for i, steps in enumerate(plan.steps):
             def measure_compiled(steps: int = steps, sampler: Sampler = sampler, batch: int = batches[model]) -> dict:
                 sampler.steps = steps
                 return check_generation(sampler, batch, device, precision, plan.repeats)
-            attempt(report["generation"], {"model": model, "steps": steps, "compile": True, "channels_last": False},
-                    deadline, measure_compiled)
-    peak = report["environment"]["bf16_peak_tflops"]
-    for row in report["training"]:
-        if "tflops" in row:
-            row["mfu"] = row["tflops"] / peak if peak and device.type == "cuda" else None
-    return report
+            item = {"model": model, "steps": steps, "compile": True, "channels_last": False}
+            if not res.attempt("generation", item, measure_compiled, compile_s if i == 0 else 0.0):
+                for rest in plan.steps[i + 1:]:  # a failed or skipped compilation is not paid for again
+                    res.report["generation"].append({**item, "steps": rest, "skipped": "compilation above failed"})
+                res.save()
+                break
+            if i == 0:
+                compile_s = res.report["generation"][-1]["seconds"]
+    return res.report
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -276,8 +381,17 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['precision']}; bf16 peak {env['bf16_peak_tflops']} TFLOP/s", "",
              f"Noise: {noise['showers_per_s']:.0f} showers/s on the device; largest difference from the CPU's "
              f"noise {noise['max_abs_diff_vs_cpu']:.2e}", "",
-             "| model | steps | compile | channels_last | batch | ms per shower | network ms | not network | peak GB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | batch | showers/s | TFLOP/s | MFU | hardware TFLOP/s | HFU | peak GB |",
+             "|---|---|---|---|---|---|---|---|"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    for r in report["training"]:
+        if "showers_per_s" in r:
+            lines.append(f"| {r['model']} | {r['batch']} | {r['showers_per_s']:.1f} | {r['tflops']:.2f} | "
+                         f"{pct(r['mfu'])} | {r['hardware_tflops']:.2f} | {pct(r['hfu'])} | {fmt(r['peak_memory_gb'])} |")
+        else:
+            lines.append(f"| {r['model']} | {r.get('error') or r.get('skipped')} | | | | | | |")
+    lines += ["", "| model | steps | compile | channels_last | batch | ms per shower | network ms | not network | peak GB |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["generation"]:
         head = f"| {r['model']} | {r['steps']} | {'on' if r['compile'] else 'off'} | {'on' if r['channels_last'] else 'off'} |"
         if "ms_per_shower" in r:
@@ -285,14 +399,11 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{100 * r['not_network_share']:.1f} % | {fmt(r['peak_memory_gb'])} |")
         else:
             lines.append(f"{head} {r.get('error') or r.get('skipped')} | | | | |")
-    lines += ["", "| model | batch | showers/s | TFLOP/s | MFU | peak GB |", "|---|---|---|---|---|---|"]
-    for r in report["training"]:
-        if "showers_per_s" in r:
-            mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
-            lines.append(f"| {r['model']} | {r['batch']} | {r['showers_per_s']:.1f} | {r['tflops']:.2f} | {mfu} | "
-                         f"{fmt(r['peak_memory_gb'])} |")
-        else:
-            lines.append(f"| {r['model']} | {r.get('error') or r.get('skipped')} | | | | |")
+    for r in report.get("layout", []):
+        lost = r.get("leaves_that_lose_it")
+        lines += ["", f"channels_last_3d, {r['model']}: " + (
+            (f"lost at {', '.join(lost)}" if lost else "kept through the network") if lost is not None
+            else str(r.get("error") or r.get("skipped")))]
     return "\n".join(lines) + "\n"
 
 
@@ -314,12 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     init_distributed(DistEnv(0, 0, 1, "127.0.0.1", free_port(), "single"))
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            report = run_checks(plan, device, args.budget_s, Path(tmp))
+            report = run_checks(plan, device, args.budget_s, Path(tmp), args.out)
     finally:
         shutdown()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.runtime import distributed
 from pipeline.runtime.distributed import (
@@ -333,3 +334,82 @@ def test_two_ranks_on_one_gpu_is_an_error_that_says_so(monkeypatch, tmp_path):
     monkeypatch.delenv("CALO_ALLOW_GPU_SHARING")
     gpu_claim.claim("test-gpu-uuid-0", "GPU 0 (test)")  # free again once the holder exited
     assert "test-gpu-uuid-0" in gpu_claim._held
+    assert (tmp_path / f"calo-gpu-{os.getuid()}-test-gpu-uuid-0.lock").stat().st_mode & 0o777 == 0o600
+
+
+class _FakeNode:
+    """CUDA as one task sees it: ``visible`` GPU UUIDs; every bind is a fresh process (its own claims), while
+    the locks earlier tasks took stay held."""
+
+    def __init__(self, monkeypatch, tmp_path) -> None:
+        from pipeline.runtime import gpu_claim
+
+        self.gpu_claim, self.monkeypatch, self.current = gpu_claim, monkeypatch, None
+        monkeypatch.setattr(gpu_claim, "lock_dir", lambda: tmp_path)
+        monkeypatch.delenv("CALO_ALLOW_GPU_SHARING", raising=False)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda index: setattr(self, "current", index))
+        self.fds: list[int] = []
+
+    def bind(self, local_rank: int, visible: list[str]) -> str:
+        """The UUID of the GPU a task with ``local_rank`` that sees ``visible`` binds to."""
+        m = self.monkeypatch
+        m.setattr(torch.cuda, "device_count", lambda: len(visible))
+        m.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"uuid": visible[i], "name": "H100"}))
+        m.setattr(self.gpu_claim, "_held", {})
+        index = self.gpu_claim.bind_local_gpu(local_rank)
+        self.fds += self.gpu_claim._held.values()
+        assert self.current == index
+        return visible[index]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("binding", ["all GPUs", "gpus-per-task=1", "gpu-bind=closest, cyclic"])
+def test_each_rank_binds_a_gpu_of_its_own_whatever_the_slurm_binding(monkeypatch, tmp_path, binding):
+    node = _FakeNode(monkeypatch, tmp_path)
+    gpus = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
+    try:
+        if binding == "all GPUs":  # the device is the local rank
+            assert [node.bind(r, gpus) for r in range(4)] == gpus
+        elif binding == "gpus-per-task=1":  # every task sees one GPU, its device 0 (LOCAL_RANK would not exist)
+            assert [node.bind(r, [gpus[r]]) for r in range(4)] == gpus
+        else:  # tasks 0, 2 see the first socket's GPUs, 1, 3 the second's: local_rank % 2 would collide
+            sockets = {0: gpus[:2], 1: gpus[2:], 2: gpus[:2], 3: gpus[2:]}
+            assert sorted(node.bind(r, sockets[r]) for r in range(4)) == gpus
+        with pytest.raises(DistributedError, match=r"every GPU this task sees \(4\) on .* is already in use by GPU 0 "
+                                                   r"\(H100, GPU-a\): pid \d+.*more ranks than GPUs"):
+            node.bind(4, gpus)
+    finally:
+        node.close()
+
+
+def test_a_gpu_lock_that_is_not_ours_is_a_clear_error(monkeypatch, tmp_path):
+    node = _FakeNode(monkeypatch, tmp_path)
+
+    def refuse(path, *args):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(node.gpu_claim.os, "open", refuse)
+    with pytest.raises(DistributedError, match=r"cannot open the GPU lock .*calo-gpu-\d+-GPU-a.lock \(Permission "
+                                               r"denied\): it belongs to someone else"):
+        node.bind(0, ["GPU-a"])
+
+
+def test_deepspeed_is_told_the_bound_device():
+    from pipeline.training.engine import engine_args
+
+    assert engine_args(torch.device("cuda", 1)).device_rank == 1 and engine_args(torch.device("cpu")) is None
+
+
+def test_zero_buckets_let_the_gradient_reduction_overlap_the_backward():
+    """A quarter of the parameters per bucket: the large preset's 120 M would otherwise fit DeepSpeed's one
+    default bucket (5e8 elements, ~4 GB with overlap_comm) and be reduced only after the backward pass."""
+    from pipeline.config import Config
+    from pipeline.training.engine import bucket_elements, deepspeed_config
+
+    assert bucket_elements(120_000_000) == 30_000_000 and bucket_elements(1000) == 2**20
+    assert bucket_elements(10**10) == 5e8
+    zero = deepspeed_config(Config(), 4, torch.device("cuda", 0), 120_000_000)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 30_000_000 and zero["overlap_comm"]

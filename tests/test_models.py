@@ -140,19 +140,28 @@ def test_shipped_configs_choose_presets(name, preset):
 
 def test_fp32_first_last_keeps_precision_critical_layers_out_of_bf16():
     """Under bf16 autocast the layer network runs entirely in fp32 (bitwise as without autocast) and the U-Net's
-    stem and output convolution see fp32 inputs; switched off, they run in bf16."""
+    stem and output convolution in fp32 with TF32 off; the full-resolution activations after the stem are bf16;
+    switched off, stem and output run in bf16."""
     torch.manual_seed(0)
     geometry = load_geometry("ds2")
     x, t, cond, layers = inputs(geometry.shape)
-    seen: dict[str, torch.dtype] = {}
+    seen: dict[str, object] = {}
+    defaults = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    assert defaults[0]  # cuDNN's default: TF32 convolutions on GPUs that have them
     for fp32 in (True, False):
         layer_net, unet = (randomize_zero_init(m).eval()
                            for m in build_models(ModelConfig(preset="tiny", fp32_first_last=fp32), geometry))
         for name in ("stem", "out"):
             def record(module, args, out, key=f"{name}{fp32}") -> None:  # the first call: under autocast
                 seen.setdefault(key, out.dtype)
+                seen.setdefault(f"{key} tf32", (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
 
             getattr(unet, name).conv.register_forward_hook(record)
+
+        def record_level0(module, args, key=f"level 0{fp32}") -> None:  # the full-resolution activations
+            seen.setdefault(key, args[0].dtype)
+
+        unet.down[0].register_forward_pre_hook(record_level0)
         with torch.no_grad():
             reference = layer_net(layers, t, cond)
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -161,8 +170,11 @@ def test_fp32_first_last_keeps_precision_critical_layers_out_of_bf16():
             full = unet(x, t, cond, layers)
         assert torch.equal(low, reference) == fp32
         torch.testing.assert_close(v.float(), full, rtol=0.1, atol=0.05)  # bf16 elsewhere: close, not equal
-    assert seen == {"stemTrue": torch.float32, "outTrue": torch.float32,
-                    "stemFalse": torch.bfloat16, "outFalse": torch.bfloat16}
+    assert seen == {"stemTrue": torch.float32, "outTrue": torch.float32, "stemFalse": torch.bfloat16,
+                    "outFalse": torch.bfloat16, "level 0True": torch.bfloat16, "level 0False": torch.bfloat16,
+                    "stemTrue tf32": (False, False), "outTrue tf32": (False, False), "stemFalse tf32": defaults,
+                    "outFalse tf32": defaults}
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == defaults  # restored
 
 
 def test_channels_last_gives_the_same_outputs_and_gradients():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline.data.shower_store import ShowerStore
+from pipeline.training.metrics_log import comparable_rows
 from pipeline.training.monitor import COLUMNS, preserved_rng, validation_showers
 
 from test_train import EXIT_REQUEUE, read_done, run_train, write_config
@@ -51,7 +52,8 @@ def test_validation_showers_are_the_first_of_the_validation_chunks(store):
 @pytest.mark.slow
 def test_monitor_rows_and_no_effect_on_training(tmp_path, store):
     """Monitor on (every 2 steps, 24 showers) vs off: the same weights and EMA; rows at steps 0, 2, 4, 6 with
-    every metric its sample size allows, TensorBoard scalars and the profile figure."""
+    every metric its sample size allows, TensorBoard scalars and the profile figure; generated in batches of 5,
+    the same rows."""
     on, off = tmp_path / "on", tmp_path / "off"
     assert run_train(write_config(tmp_path / "on.yaml", store, on, **MONITOR), **ONE_THREAD).returncode == 0
     plain = {**MONITOR, "eval_every_steps": 0}
@@ -71,6 +73,11 @@ def test_monitor_rows_and_no_effect_on_training(tmp_path, store):
     events = EventAccumulator(str(on / "logs" / "tensorboard"), size_guidance={"images": 0}).Reload()
     assert [e.step for e in events.Scalars("monitor/etot_einc")] == [0, 2, 4, 6]
     assert [e.step for e in events.Images("monitor/profiles")] == [0, 2, 4, 6]
+
+    batched = tmp_path / "batched"  # each rank's share in batches of 5: the same showers, so the same rows
+    config = write_config(tmp_path / "batched.yaml", store, batched, **MONITOR)
+    assert run_train(config, "--set", "generate.batch_size=5", **ONE_THREAD).returncode == 0
+    assert comparable_rows(batched / "logs" / "monitor.csv") == comparable_rows(on / "logs" / "monitor.csv")
 
 
 @pytest.mark.slow

@@ -245,7 +245,7 @@ class GenerateConfig:
     energies_from: Optional[str] = None  # HDF5 file or store: shower i gets its i-th incident energy
     energy_range: tuple[float, float] = (1_000.0, 1_000_000.0)  # MeV, log-uniform when energies_from is unset
     block_size: int = 4096  # showers per work block (a multiple of layout.shard_rows)
-    batch_size: int = 0  # showers per forward pass; 0: fill the GPU (64 on CPU)
+    batch_size: int = 0  # showers per forward pass; 0: a divisor of layout.shard_rows that fills the GPU (CPU: <= 64)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False  # torch.compile the networks with static shapes (the last batch is padded)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # reduce-overhead: CUDA graphs

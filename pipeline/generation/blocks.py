@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from pipeline.generation.energies import IncidentEnergies
 from pipeline.generation.sampler import Sampler
 from pipeline.generation.shard_writer import ShardWriter
 from pipeline.runtime.files import utc_now
-from pipeline.runtime.gpu_claim import claim_cuda_device
+from pipeline.runtime.gpu_claim import bind_local_gpu
 from pipeline.runtime.precision import autocast
 from pipeline.runtime.signals import StopSignals
 
@@ -28,27 +29,42 @@ CPU_BATCH = 64
 def pick_device(local_rank: int) -> torch.device:
     """This local rank's GPU, or the CPU."""
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        claim_cuda_device(torch.cuda.current_device())  # more ranks than GPUs on a node is an error
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", bind_local_gpu(local_rank))  # more ranks than GPUs on a node is an error
     return torch.device("cpu")
 
 
-def auto_batch_size(sampler: Sampler, device: torch.device, precision: str, cap: int) -> int:
-    """Showers per forward pass that fill ~70 % of the free GPU memory (``CPU_BATCH`` on CPU)."""
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def auto_batch_size(sampler: Sampler, device: torch.device, precision: str, shard_rows: int) -> int:
+    """Showers per forward pass: the largest divisor of ``shard_rows`` (:func:`generate_blocks` cuts batches at
+    shard boundaries, so any other size leaves a short batch in every shard, padded to full size under
+    ``generate.compile``) that fits ~70 % of the free GPU memory; on the CPU the largest up to ``CPU_BATCH``.
+
+    Memory per shower is the slope between 16 and 64 showers, measured on the uncompiled networks (a compiled
+    sampler would compile twice more per network) after a warm-up call (cuDNN's algorithm search and workspaces
+    are not per-shower memory)."""
     if device.type != "cuda":
-        return min(CPU_BATCH, cap)
-    peaks = []
-    for b in (8, 16):
+        return largest_divisor(shard_rows, CPU_BATCH)
+    plain = replace(sampler, layer_net=getattr(sampler.layer_net, "_orig_mod", sampler.layer_net),
+                    voxel_unet=getattr(sampler.voxel_unet, "_orig_mod", sampler.voxel_unet))
+
+    def peak(b: int) -> int:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         with autocast(precision, device):
-            sampler(torch.full((b,), 1e4, dtype=torch.float64), list(range(b)))
-        peaks.append(torch.cuda.max_memory_allocated(device) - base)
-    per_shower = max((peaks[1] - peaks[0]) / 8, 1.0)
+            plain(torch.full((b,), 1e4, dtype=torch.float64), list(range(b)))
+        return torch.cuda.max_memory_allocated(device) - base
+
+    peak(16)  # warm-up
+    small, large = peak(16), peak(64)
+    per_shower = max((large - small) / 48, 1.0)
     free, _ = torch.cuda.mem_get_info(device)
-    return int(max(8, min(cap, (0.7 * free - peaks[0]) // per_shower // 8 * 8)))
+    fits = int((0.7 * free - (small - 16 * per_shower)) // per_shower)
+    return largest_divisor(shard_rows, max(1, fits))
 
 
 def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEnergies, blocks: list[int], *,

@@ -87,7 +87,7 @@ def run(cfg: Config, *, rank: int | None = None, world_size: int | None = None, 
         return EXIT_DONE
     if not finalize_only:
         precision = resolve_precision(g.precision, device)
-        batch = g.batch_size or auto_batch_size(sampler, device, precision, g.block_size)
+        batch = g.batch_size or auto_batch_size(sampler, device, precision, g.layout.shard_rows)
         blocks = sample.blocks_of(rank, world_size)
         if rank == 0:
             print(f"generate: {n} showers in {sample.n_blocks} blocks of {g.block_size} -> {path}; rank {rank}/"

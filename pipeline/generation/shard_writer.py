@@ -47,7 +47,7 @@ def to_host(showers: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | Non
         return showers.float(), None
     host = torch.empty(showers.shape, dtype=torch.float32, pin_memory=True)  # from torch's pinned-memory cache
     host.copy_(showers.float(), non_blocking=True)  # cast on the device, then one asynchronous copy
-    event = torch.cuda.Event()
+    event = torch.cuda.Event(blocking=True)  # a writer thread waiting on it sleeps instead of spinning a core
     event.record()
     return host, event
 

@@ -9,7 +9,8 @@ with rolls by even shifts (and maps them to half the shift).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -45,13 +46,29 @@ class ScalarEmbedding(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
-def in_fp32(fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
-    """``fn(*inputs)`` in float32 even inside a bf16/fp16 autocast region (for precision-critical layers)."""
+@contextmanager
+def no_tf32() -> Iterator[None]:
+    """Float32 convolutions and matrix products in full float32: cuDNN and cuBLAS would otherwise round their
+    inputs to TF32 (10-bit mantissa) on Ampere and later GPUs, which is what :func:`in_fp32` is there to avoid."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+def in_fp32(fn: Callable[..., Tensor], *inputs: Tensor, back_to_autocast: bool = False) -> Tensor:
+    """``fn(*inputs)`` in float32 (not TF32) even inside a bf16/fp16 autocast region, for precision-critical
+    layers; ``back_to_autocast`` casts the result to the autocast dtype, so that what follows (e.g. the U-Net's
+    full-resolution activations and skips) runs at the autocast precision."""
     device = inputs[0].device.type
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):  # e.g. "meta" in pipeline.info
         return fn(*inputs)
-    with torch.autocast(device, enabled=False):
-        return fn(*(x.float() for x in inputs))
+    dtype = torch.get_autocast_dtype(device)
+    with torch.autocast(device, enabled=False), no_tf32():
+        out = fn(*(x.float() for x in inputs))
+    return out.to(dtype) if back_to_autocast else out
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

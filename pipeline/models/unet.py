@@ -15,7 +15,9 @@ encoding, ``model(roll(x, k, A)) == roll(model(x), k, A)`` holds exactly (up to 
 every shift ``k`` that is a multiple of :attr:`VoxelUNet.angle_factor` (2 for ds3 with one halving).
 
 Precision: with ``fp32_first_last`` the stem (which reads the noisy input, where the last steps of a long
-sampler move by less than bf16 resolves) and the output convolution run in float32 under bf16 autocast.
+sampler move by less than bf16 resolves) and the output convolution run in float32 (not TF32) under bf16
+autocast; the stem's output goes back to bf16, so the full-resolution activations and skips after it cost
+what the rest of the network's do.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class VoxelUNet(nn.Module):
                        self.coords.to(x.dtype).expand(b, 2, L, A, R)], dim=1)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last_3d)
-        h = in_fp32(self.stem, h) if self.fp32_first_last else self.stem(h)
+        h = in_fp32(self.stem, h, back_to_autocast=True) if self.fp32_first_last else self.stem(h)
         skips = [h]
         for block in self.down:
             h = self._call(block, h, emb)

@@ -34,6 +34,8 @@ from datetime import timedelta
 from typing import Any, Callable, Literal, TypeVar
 
 from pipeline.runtime import mpi
+from pipeline.runtime.errors import DistributedError
+from pipeline.runtime.gpu_claim import bind_local_gpu
 
 RENDEZVOUS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -45,10 +47,6 @@ Source = Literal["torchrun", "slurm", "submitit", "mpi", "single"]
 
 
 T = TypeVar("T")
-
-
-class DistributedError(RuntimeError):
-    """The launcher's environment is inconsistent or cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -284,18 +282,24 @@ def default_backend() -> str:
 
 def init_distributed(env: DistEnv | None = None, backend: str | None = None,
                      timeout: timedelta = timedelta(minutes=30)) -> DistEnv:
-    """Discover (unless given), export and start the process group through DeepSpeed."""
+    """Discover (unless given), export, bind this rank's GPU (:func:`bind_local_gpu`) and start the process group,
+    then hand it to DeepSpeed. The group is started here, not by DeepSpeed, because DeepSpeed would bind it to
+    device ``LOCAL_RANK``, which does not exist when a task sees only its own GPUs (``--gpus-per-task=1``)."""
     import torch
+    import torch.distributed as dist
 
     env = env or discover()
     export(env)
     if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+        bind_local_gpu(env.local_rank)
+    backend = backend or default_backend()
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
+                                timeout=timeout)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend or default_backend(), auto_mpi_discovery=False,
-                               distributed_port=env.master_port, verbose=False, timeout=timeout,
-                               rank=env.rank, world_size=env.world_size)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, distributed_port=env.master_port,
+                               verbose=False, timeout=timeout, rank=env.rank, world_size=env.world_size)
     return env
 
 

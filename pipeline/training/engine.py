@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -44,20 +45,35 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def deepspeed_config(cfg: Config, world_size: int, device: torch.device) -> dict[str, Any]:
-    """The DeepSpeed config dict for this training config and world size."""
+def bucket_elements(n_params: int) -> int:
+    """ZeRO's reduce and all-gather bucket size: a quarter of the parameters (at least 2**20 elements, at most
+    DeepSpeed's default 5e8). With the default every preset fits one bucket, so gradients would be reduced only
+    after the backward pass (nothing to overlap) and ``overlap_comm`` would allocate ~4 GB of buckets per rank."""
+    return int(min(5e8, max(2**20, math.ceil(n_params / 4))))
+
+
+def deepspeed_config(cfg: Config, world_size: int, device: torch.device, n_params: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for this training config, world size and parameter count."""
     t = cfg.train
+    bucket = bucket_elements(n_params)
     return {
         "train_micro_batch_size_per_gpu": cfg.per_rank_batch(world_size),
         "gradient_accumulation_steps": t.grad_accum,
         "gradient_clipping": t.grad_clip,
         "zero_optimization": {"stage": t.zero_stage, "contiguous_gradients": True,
-                              "overlap_comm": device.type == "cuda"},
+                              "overlap_comm": device.type == "cuda", "reduce_bucket_size": bucket,
+                              "allgather_bucket_size": bucket},
         "bf16": {"enabled": False},  # bf16 runs as autocast with fp32 weights (see module doc)
         "fp16": {"enabled": False},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+
+
+def engine_args(device: torch.device) -> SimpleNamespace | None:
+    """What tells DeepSpeed the rank's device: ``device_rank``, where it would otherwise use ``LOCAL_RANK``, a
+    device that does not exist when a task sees only its own GPUs (``--gpus-per-task=1``)."""
+    return SimpleNamespace(device_rank=device.index) if device.type == "cuda" else None
 
 
 def build_engine(cfg: Config, model: DiffusionPair, world_size: int, device: torch.device) -> Any:
@@ -70,9 +86,11 @@ def build_engine(cfg: Config, model: DiffusionPair, world_size: int, device: tor
     fused = t.fused_optimizer and device.type == "cuda"  # one kernel launch for all tensors
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas), eps=t.eps,
                                   fused=fused or None)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=lambda opt: LambdaLR(opt, lambda s: lr_factor(s, t)),
-        config=deepspeed_config(cfg, world_size, device), dist_init_required=False,
+        config=deepspeed_config(cfg, world_size, device, n_params), dist_init_required=False,
+        args=engine_args(device),
     )
     make_loading_safe(engine)
     return engine

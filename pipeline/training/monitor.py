@@ -11,7 +11,8 @@ with those validation showers with :mod:`pipeline.evaluation`'s own code:
 - FPD and KPD of the high-level features when M >= :data:`DISTANCE_MIN_SHOWERS`, a high-level classifier AUC
   (the quick classifier, :meth:`ClassifierConfig.quick`: a trend, not the CaloChallenge protocol)
   when M >= :data:`CLASSIFIER_MIN_SHOWERS` (below that the log says why it is missing);
-- generation ms per shower (per rank); in a distillation stage also how far the student's showers are from its
+- generation ms per shower (per rank; each rank's share in batches of ``generate.batch_size``, or
+  :data:`MONITOR_BATCH`); in a distillation stage also how far the student's showers are from its
   teacher's (2x steps) for the same noise: relative L1 of the voxels and the mean |log E_tot ratio|.
 
 A run that trains one network alone (``train.networks``) is monitored on that network: the layer network alone
@@ -52,6 +53,7 @@ from pipeline.runtime.precision import autocast
 from pipeline.training.metrics_log import TrainLogger
 
 MONITOR_SEED = 0x5EED  # shower i of the monitor's sample gets shower_seed(MONITOR_SEED, i): the same every time
+MONITOR_BATCH = 64  # showers per forward pass when generate.batch_size is 0 (automatic)
 DISTANCE_MIN_SHOWERS = 200
 CLASSIFIER_MIN_SHOWERS = 2000
 COLUMNS = ("step", "showers", "sample_steps", "etot_einc", "etot_einc_floor",
@@ -102,6 +104,7 @@ class FidelityMonitor:
         self.steps = t.eval_sample_steps or cfg.diffusion.sample_steps
         self.schedule, self.eta, self.clip = CosineSchedule.from_config(cfg.diffusion), cfg.diffusion.eta, cfg.generate.clip_x
         self.threshold_fractions = cfg.generate.threshold_fractions
+        self.batch = cfg.generate.batch_size or MONITOR_BATCH
         self.mine = np.arange(env.rank, self.energies.size, env.world_size)  # this rank's positions in the sample
         layer_energies = self.geometry.layer_energies(showers) if showers is not None else None
         self.given_layers = None  # a voxels-only run: the voxel network's conditions, preprocessed once
@@ -123,16 +126,19 @@ class FidelityMonitor:
         seeds = [shower_seed(MONITOR_SEED, int(i)) for i in self.mine]
         width = self.geometry.n_layers if self.layers_only else self.geometry.n_voxels
         mine = np.zeros((0, width), np.float32)
-        if len(seeds):
-            kwargs = {"schedule": self.schedule, "eta": self.eta, "prediction": model.prediction, "clip": self.clip}
-            voxel_kwargs = {"threshold_fractions": self.threshold_fractions}
+        kwargs = {"schedule": self.schedule, "eta": self.eta, "prediction": model.prediction, "clip": self.clip}
+        parts = [mine]
+        for a in range(0, len(seeds), self.batch):  # the share in batches: 2048 large-model showers do not fit at once
+            b = a + self.batch
             with autocast(self.precision, self.device):
                 if self.layers_only:
-                    out_t = synthesize_layers(energies, seeds, model.layer_net, self.pre, steps, **kwargs)
+                    out_t = synthesize_layers(energies[a:b], seeds[a:b], model.layer_net, self.pre, steps, **kwargs)
                 else:
-                    out_t = synthesize(energies, seeds, model.layer_net, model.voxel_unet, self.pre, steps,
-                                       layers=self.given_layers, **kwargs, **voxel_kwargs)
-            mine = out_t.float().cpu().numpy().reshape(len(seeds), -1)
+                    given = self.given_layers[a:b] if self.given_layers is not None else None
+                    out_t = synthesize(energies[a:b], seeds[a:b], model.layer_net, model.voxel_unet, self.pre, steps,
+                                       layers=given, threshold_fractions=self.threshold_fractions, **kwargs)
+            parts.append(out_t.float().cpu().numpy().reshape(len(seeds[a:b]), -1))
+        mine = np.concatenate(parts)
         ms = 1e3 * (time.perf_counter() - t0) / max(len(seeds), 1)
         out = np.zeros((self.energies.size, width), np.float32)
         for rank, part in enumerate(gathered(mine)):

@@ -31,7 +31,6 @@ from pipeline.physics.preprocessing import Preprocessed, Preprocessor
 from pipeline.runtime.distributed import DistEnv, decided_on_main
 from pipeline.runtime.exit_codes import EXIT_DONE, EXIT_NONFINITE, EXIT_REQUEUE
 from pipeline.runtime.files import atomic_write_json, utc_now
-from pipeline.runtime.gpu_claim import claim_cuda_device
 from pipeline.runtime.precision import autocast, resolve_precision
 from pipeline.runtime.seeds import seed_for
 from pipeline.runtime.signals import StopSignals
@@ -76,10 +75,8 @@ class Trainer:
                             **(teacher.done_fields if teacher else {})}
         self.t, self.started, self.time_limit = cfg.train, started, time_limit
         self.run_dir = Path(cfg.run.dir)
-        cuda = torch.cuda.is_available()
+        cuda = torch.cuda.is_available()  # init_distributed bound the rank to the GPU it claimed (runtime.gpu_claim)
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-        if cuda:
-            claim_cuda_device(self.device.index)  # more ranks than GPUs on a node is an error, not silent sharing
         self.precision = resolve_precision(self.t.precision, self.device)
         self.per_rank = cfg.per_rank_batch(env.world_size)
         self.global_batch = cfg.data.batch_size * self.t.grad_accum
