@@ -110,6 +110,7 @@ class Trainer:
         self.step = self.samples = 0
         self.last: dict[str, float] = {}  # latest reduced losses by name
         self.interval = LogInterval()
+        self.flags = torch.zeros(3, dtype=torch.float64, pin_memory=cuda)  # (signal, checkpoint due, time limit)
         self.val_seconds = self.monitor_seconds = 0.0
         self.monitor: FidelityMonitor | None = None
 
@@ -171,7 +172,8 @@ class Trainer:
             minutes = (time.monotonic() - last_ckpt) / 60
             due_ckpt = t.checkpoint_every_minutes > 0 and minutes >= t.checkpoint_every_minutes
             flags = [signals.received is not None, due_ckpt, self._near_time_limit(step_times)]
-            stats = self._all_reduce(torch.cat([local, torch.tensor(flags, dtype=torch.float64, device=self.device)]))
+            self.flags.copy_(torch.tensor(flags, dtype=torch.float64))  # pinned: no synchronising pageable copy
+            stats = self._all_reduce(torch.cat([local, self.flags.to(self.device, non_blocking=True)]))
             losses = stats[:3] / (self.env.world_size * t.grad_accum)
             if not torch.isfinite(losses).all():
                 return self._nonfinite(log, losses)
