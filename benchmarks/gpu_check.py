@@ -40,6 +40,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -153,6 +154,21 @@ def build_sampler(store: ShowerStore, model: str, steps: int, device: torch.devi
                    0.0, store.geometry, {})
 
 
+def implicit_syncs(fn: Callable[[], None], device: torch.device) -> int | None:
+    """How often ``fn()`` makes the host wait for the device without asking to (torch's CUDA sync debug mode:
+    ``.item()``, device-to-host copies into pageable memory, ...); None on a CPU."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def timed(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
     """Best seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
     fn()
@@ -194,7 +210,8 @@ def check_generation(sampler: Sampler, batch: int, device: torch.device, precisi
     total = timed(end_to_end, device, repeats)
     nets = timed(networks_only, device, repeats)
     return {"batch": batch, "ms_per_shower": 1e3 * total / batch, "network_ms_per_shower": 1e3 * nets / batch,
-            "not_network_share": max(0.0, 1 - nets / total), "peak_memory_gb": peak_memory_gb(device)}
+            "not_network_share": max(0.0, 1 - nets / total), "peak_memory_gb": peak_memory_gb(device),
+            "implicit_syncs_per_batch": implicit_syncs(end_to_end, device)}
 
 
 def channels_last_losses(store: ShowerStore, model: str, device: torch.device, precision: str) -> dict[str, Any]:
@@ -235,15 +252,16 @@ def check_training(store: ShowerStore, model_name: str, batch: int, steps: int, 
     is gone (destroyed, collected) before the next item measures its memory."""
     cfg = model_config(model_name)
     cfg.data.geometry, cfg.data.batch_size = store.geometry.name, batch  # type: ignore[assignment]
-    showers_per_s, peak_gb = _training_rate(cfg, store, steps, device, precision)
+    showers_per_s, peak_gb, syncs = _training_rate(cfg, store, steps, device, precision)
     gc.collect()
     reset_peak(device)
     return {"batch": batch, "showers_per_s": showers_per_s, **training_flops(cfg, showers_per_s),
-            "activation_checkpointing": cfg.model.checkpointing, "peak_memory_gb": peak_gb}
+            "activation_checkpointing": cfg.model.checkpointing, "peak_memory_gb": peak_gb,
+            "implicit_syncs_per_step": syncs}
 
 
 def _training_rate(cfg: Config, store: ShowerStore, steps: int, device: torch.device,
-                   precision: str) -> tuple[float, float | None]:
+                   precision: str) -> tuple[float, float | None, int | None]:
     from pipeline.training.ema import EMA
     from pipeline.training.engine import build_engine
     from pipeline.training.pairs import DiffusionPair
@@ -275,9 +293,10 @@ def _training_rate(cfg: Config, store: ShowerStore, steps: int, device: torch.de
     sync(device)
     rate = steps * batch / (time.perf_counter() - t0)
     peak_gb = peak_memory_gb(device)
+    syncs = implicit_syncs(step, device)
     if hasattr(engine, "destroy"):  # DeepSpeed's hooks and buckets hold memory past the engine's last use
         engine.destroy()
-    return rate, peak_gb
+    return rate, peak_gb, syncs
 
 
 def training_flops(cfg: Config, showers_per_s: float) -> dict[str, float]:
@@ -381,24 +400,26 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['precision']}; bf16 peak {env['bf16_peak_tflops']} TFLOP/s", "",
              f"Noise: {noise['showers_per_s']:.0f} showers/s on the device; largest difference from the CPU's "
              f"noise {noise['max_abs_diff_vs_cpu']:.2e}", "",
-             "| model | batch | showers/s | TFLOP/s | MFU | hardware TFLOP/s | HFU | peak GB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | batch | showers/s | TFLOP/s | MFU | hardware TFLOP/s | HFU | peak GB | implicit syncs per step |",
+             "|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     for r in report["training"]:
         if "showers_per_s" in r:
             lines.append(f"| {r['model']} | {r['batch']} | {r['showers_per_s']:.1f} | {r['tflops']:.2f} | "
-                         f"{pct(r['mfu'])} | {r['hardware_tflops']:.2f} | {pct(r['hfu'])} | {fmt(r['peak_memory_gb'])} |")
+                         f"{pct(r['mfu'])} | {r['hardware_tflops']:.2f} | {pct(r['hfu'])} | {fmt(r['peak_memory_gb'])} | "
+                         f"{fmt(r['implicit_syncs_per_step'], 'd')} |")
         else:
-            lines.append(f"| {r['model']} | {r.get('error') or r.get('skipped')} | | | | | | |")
-    lines += ["", "| model | steps | compile | channels_last | batch | ms per shower | network ms | not network | peak GB |",
-              "|---|---|---|---|---|---|---|---|---|"]
+            lines.append(f"| {r['model']} | {r.get('error') or r.get('skipped')} | | | | | | | |")
+    lines += ["", "| model | steps | compile | channels_last | batch | ms per shower | network ms | not network | peak GB "
+                  "| implicit syncs per batch |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["generation"]:
         head = f"| {r['model']} | {r['steps']} | {'on' if r['compile'] else 'off'} | {'on' if r['channels_last'] else 'off'} |"
         if "ms_per_shower" in r:
             lines.append(f"{head} {r['batch']} | {r['ms_per_shower']:.3f} | {r['network_ms_per_shower']:.3f} | "
-                         f"{100 * r['not_network_share']:.1f} % | {fmt(r['peak_memory_gb'])} |")
+                         f"{100 * r['not_network_share']:.1f} % | {fmt(r['peak_memory_gb'])} | "
+                         f"{fmt(r['implicit_syncs_per_batch'], 'd')} |")
         else:
-            lines.append(f"{head} {r.get('error') or r.get('skipped')} | | | | |")
+            lines.append(f"{head} {r.get('error') or r.get('skipped')} | | | | | |")
     for r in report.get("layout", []):
         lost = r.get("leaves_that_lose_it")
         lines += ["", f"channels_last_3d, {r['model']}: " + (

@@ -59,7 +59,7 @@ def test_results_are_on_disk_after_every_item_and_survive_errors_and_the_budget(
 
     def first() -> dict:
         return {"batch": 1, "showers_per_s": 2.0, "tflops": 1.0, "hardware_tflops": 1.0, "mfu": None, "hfu": None,
-                "peak_memory_gb": None}
+                "peak_memory_gb": None, "implicit_syncs_per_step": None}
 
     def fails() -> dict:
         assert on_disk()[0]["showers_per_s"] == 2.0  # the first item was saved before this one started

@@ -2,8 +2,8 @@
 the networks.
 
 The generating loop hands each batch to :meth:`ShardWriter.add` and goes on to the next one. On a GPU the
-batch is copied into pinned host memory with ``non_blocking=True`` and a CUDA event marks when it has
-arrived; a worker thread waits for the events of a whole shard, assembles it and writes it (zarr
+batch is copied into pinned host memory with ``non_blocking=True`` on a copy stream and a CUDA event marks when
+it has arrived; a worker thread waits for the events of a whole shard, assembles it and writes it (zarr
 compresses in that thread, outside the GIL). At most ``threads + 1`` shards are in flight, so memory does
 not grow with the sample. A block's marker is written by :meth:`ShardWriter.poll` only after all of its
 shards are on disk, in block order; after a stop, :meth:`close` lets the shards already handed over finish
@@ -41,14 +41,25 @@ class _Block:
     complete: bool = False  # every shard handed over
 
 
+_copy_streams: dict[int, torch.cuda.Stream] = {}  # device index -> the stream its device-to-host copies run on
+
+
 def to_host(showers: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    """Start copying float32 ``showers`` to the host; returns the host tensor and the event to wait for."""
+    """Start copying float32 ``showers`` to the host; returns the host tensor and the event to wait for.
+
+    On a GPU the copy runs on a stream of its own (after the kernels that made ``showers``), so the next batch's
+    kernels do not queue behind it; ``showers`` stays allocated until the copy is done."""
     if showers.device.type != "cuda":
         return showers.float(), None
-    host = torch.empty(showers.shape, dtype=torch.float32, pin_memory=True)  # from torch's pinned-memory cache
-    host.copy_(showers.float(), non_blocking=True)  # cast on the device, then one asynchronous copy
+    src = showers.float()  # cast on the device
+    stream = _copy_streams.setdefault(src.device.index, torch.cuda.Stream(src.device))
+    stream.wait_stream(torch.cuda.current_stream(src.device))
+    host = torch.empty(src.shape, dtype=torch.float32, pin_memory=True)  # from torch's pinned-memory cache
     event = torch.cuda.Event(blocking=True)  # a writer thread waiting on it sleeps instead of spinning a core
-    event.record()
+    with torch.cuda.stream(stream):
+        host.copy_(src, non_blocking=True)
+        event.record(stream)
+    src.record_stream(stream)
     return host, event
 
 
