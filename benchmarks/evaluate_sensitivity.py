@@ -206,7 +206,7 @@ def plot(result: dict[str, Any], cases: list, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families = list(dict.fromkeys(c.family for c in cases))
+    families = list(dict.fromkeys(c.family for c in cases if c.strength > 0))  # strength 0 has no log axis
     fig, axes = plt.subplots(2, math.ceil(len(families) / 2), figsize=(4.2 * math.ceil(len(families) / 2), 7.5))
     for ax, fam in zip(axes.flat, families):
         fam_cases = [c for c in cases if c.family == fam]

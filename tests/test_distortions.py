@@ -53,3 +53,6 @@ def test_distorted_sample_applies_the_distortion_as_it_reads() -> None:
     np.testing.assert_allclose(block.showers, np.where(1.02 * s[:7] >= G.threshold_mev, 1.02 * s[:7], 0), rtol=1e-6)
     names = [c.name for c in distortions.sensitivity_cases(G)]
     assert len(names) == len(set(names)) and "radial smear 1 %" in names
+    plain = distortions.sensitivity_cases(G)[0]  # the baseline: the sample as simulated
+    assert plain.family == distortions.UNDISTORTED and plain.strength == 0
+    np.testing.assert_array_equal(plain.apply(s, np.full(len(s), 1e4), G), s)
