@@ -321,7 +321,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax, keys, title in ((axes[-2], aucs, "per stage: classifier AUC"),
                             (axes[-1], ("etot_einc", "e_layer"), "per stage: separation")):
         for key in keys:
-            ax.plot(x, values([s["fidelity"] for s in stages], key), "o-", ms=3, label=key)
+            fids = [s["fidelity"] for s in stages]
+            ax.errorbar(x, values(fids, key), yerr=[f.get(key + "_std") or 0.0 for f in fids], fmt="o-", ms=3,
+                        capsize=3, label=key)
+            null = (result.get("null") or {}).get(key)
+            if null is not None:
+                ax.axhline(null, color="grey", ls=":", lw=1, label=f"null {key}")
         ax.set_xscale("log", base=2)
         ax.invert_xaxis()
         ax.set_xlabel("sampling steps (teacher, then each stage)", fontsize=8)
