@@ -124,6 +124,11 @@ def _evaluate(args: argparse.Namespace, env: dict[str, str], generated: Path, ou
             "report": str(out / "report.md")}
 
 
+def _averaged(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first result with every float replaced by its mean over ``results``."""
+    return {k: (float(np.mean([r[k] for r in results])) if isinstance(v, float) else v) for k, v in results[0].items()}
+
+
 def _with_auc_spread(out: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
     """``auc_low`` / ``auc_high`` as mean and standard deviation over every classifier run of ``results``."""
     for key in ("auc_low", "auc_high"):
@@ -154,7 +159,7 @@ def whole_model_fidelity(args: argparse.Namespace, cfg: Config, env: dict[str, s
         ms.append(manifest["timing"]["ms_per_shower_per_rank"])
         results.append({**_evaluate(args, env, sample, work / f"evaluation_{name}_seed{seed}"),
                         "showers": manifest["n"], "generation_seed": seed})
-    out = {k: (float(np.mean([r[k] for r in results])) if isinstance(v, float) else v) for k, v in results[0].items()}
+    out = _averaged(results)
     return {**_with_auc_spread(out, results), "ms_per_shower": float(np.mean(ms)), "by_generation_seed": results}
 
 
@@ -172,7 +177,7 @@ CLASSIFIER_SEEDS = 3  # classifier runs per comparison
 def _mean_over_seeds(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Numbers averaged over the generated samples; the classifier AUC as mean and standard deviation over every
     (generation seed, classifier seed) pair; every sample's own result under ``by_generation_seed``."""
-    out = {k: (float(np.mean([r[k] for r in results])) if isinstance(v, float) else v) for k, v in results[0].items()}
+    out = _averaged(results)
     aucs = [auc for r in results for auc in r["classifier_auc_runs"]]
     out.update(classifier_auc=float(np.mean(aucs)), classifier_auc_std=float(np.std(aucs, ddof=1)),
                classifier_runs=len(aucs), by_generation_seed=results)
