@@ -15,12 +15,16 @@
 #SBATCH --ntasks-per-node=16
 #SBATCH --cpus-per-task=2
 #SBATCH --time=1:00:00
+#SBATCH --signal=USR1@300
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
 
 CALO_DEFAULT_CONFIG=configs/ds3.yaml
-# sbatch runs a spool copy of this script: locate slurm/env.sh through SLURM (or $CALO_REPO, or beside $0).
-source "${CALO_REPO:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*\.sh\( .*\)*$|\1|p' | head -n1 | grep . || echo "$(dirname "$0")/..")}/slurm/env.sh" || exit 2
+# sbatch runs a spool copy of this script: find the repository through the script path SLURM recorded,
+# else $CALO_REPO, else beside $0 (`bash slurm/<script>.sh` inside salloc). tests/test_slurm_scripts.py
+# checks that every script has these same three lines.
+_job_script=$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*/slurm/[^/ ]*\.sh\).*|\1|p' | head -n1)
+source "${CALO_REPO:-$(dirname "${_job_script:-$0}")/..}/slurm/env.sh" || exit 2
 
 run_requeueable "${SRUN[@]}" --mpi="${CALO_MPI:-pmi2}" "$PYTHON" -m data_tools.convert --config "$CONFIG" "${CALO_OVERRIDES[@]}" "$@"

@@ -25,8 +25,11 @@
 #SBATCH --output=slurm-%x-%j.out
 
 CALO_DEFAULT_CONFIG=configs/ds3.yaml
-# sbatch runs a spool copy of this script: locate slurm/env.sh through SLURM (or $CALO_REPO, or beside $0).
-source "${CALO_REPO:-$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*\)/slurm/[^/ ]*\.sh\( .*\)*$|\1|p' | head -n1 | grep . || echo "$(dirname "$0")/..")}/slurm/env.sh" || exit 2
+# sbatch runs a spool copy of this script: find the repository through the script path SLURM recorded,
+# else $CALO_REPO, else beside $0 (`bash slurm/<script>.sh` inside salloc). tests/test_slurm_scripts.py
+# checks that every script has these same three lines.
+_job_script=$(scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's|^ *Command=\(.*/slurm/[^/ ]*\.sh\).*|\1|p' | head -n1)
+source "${CALO_REPO:-$(dirname "${_job_script:-$0}")/..}/slurm/env.sh" || exit 2
 
 RANK_ARGS=()
 if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then

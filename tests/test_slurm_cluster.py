@@ -289,7 +289,7 @@ run_requeueable "${{SRUN[@]}}" "$PYTHON" {tmp_path}/stub.py {tmp_path}/ready.$SL
     if requeued:
         assert "forwarding it to the job step" in job.text() and "restart count 1" in job.text()
     else:
-        assert "batch shell received SIGTERM" in job.text() and "job requeued" not in job.text()
+        assert "batch step received SIGTERM" in job.text() and "job requeued" not in job.text()
 
 
 ONE_TASK_ENDS = """

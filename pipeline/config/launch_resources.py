@@ -1,7 +1,7 @@
 """The ``launch`` section of the config: where and with what resources each stage's job runs.
 
-Used by ``pipeline.launch`` (submitit) and documented next to the ``slurm/`` scripts, whose ``#SBATCH``
-defaults match these. GPU stages run one task per GPU; every task of a train, distill or generate job is a
+Used by ``pipeline.launch`` (submitit); the ``#SBATCH`` defaults of the ``slurm/`` scripts are the same
+(tests/test_slurm_scripts.py compares them). GPU stages run one task per GPU; every task of a train, distill or generate job is a
 rank; convert's tasks are MPI ranks (``srun --mpi=<mpi>``); export and evaluate run as one task.
 """
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from pipeline.config.loader import ConfigError
+from pipeline.runtime.requeue_policy import MAX_REQUEUES, WARNING_SECONDS
 
 STAGES = ("convert", "train", "distill", "generate", "export", "evaluate")
 SINGLE_TASK_STAGES = ("export", "evaluate")
@@ -60,8 +61,8 @@ class LaunchConfig:
     account: Optional[str] = None
     qos: Optional[str] = None
     setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load, venv)
-    signal_seconds: int = 300  # SIGUSR1 this long before the time limit: checkpoint and requeue
-    max_requeues: int = 20  # per stage, for time-outs and preemption
+    signal_seconds: int = WARNING_SECONDS  # SIGUSR1 this long before the time limit: checkpoint and requeue
+    max_requeues: int = MAX_REQUEUES  # per stage, for time-outs
     mpi: str = "pmi2"  # srun --mpi=<this> for a convert job with more than one task
     additional_parameters: dict[str, Any] = field(default_factory=dict)  # more #SBATCH options, e.g. {constraint: a100}
     convert: StageResources = field(default_factory=lambda: StageResources(tasks_per_node=16, cpus_per_task=2))

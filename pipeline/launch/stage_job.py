@@ -7,12 +7,11 @@ which forwards SIGUSR1 to the stage process, waits for it to exit and returns th
 submitit then requeues the job (``scontrol requeue``: same job id, so ``afterok`` dependents keep waiting).
 The other ranks stop with rank 0 (the stages agree on stopping at the next step).
 
-Exit codes of the stage process: 0 done; 75 (or killed by SIGUSR1/SIGTERM) stopped with a checkpoint, and
-without a signal from submitit (a stage's own time limit) the job requeues itself by raising submitit's
-signal in-process; anything else fails the job (``StageFailed``) so that ``afterok`` dependents never start.
-SIGTERM (scancel, the time limit itself, preemption) means what it means under ``slurm/env.sh``: the stage
-saves and stops, and the job is not requeued (it fails; launch again to resume). Every stage resumes from
-disk, so a requeued or relaunched job simply runs the same command.
+What the stage's exit means for the job is :mod:`pipeline.runtime.requeue_policy`'s decision, the same as
+under the ``slurm/`` scripts: done; requeue (a stop without SIGTERM: when submitit did not signal it, e.g. the
+stage's own time limit, the job requeues itself by raising submitit's signal in-process); stopped by SIGTERM
+or out of requeues (the job fails, launch again to resume); failed (``StageFailed``, so that ``afterok``
+dependents never start). Every stage resumes from disk, so a requeued or relaunched job runs the same command.
 """
 
 from __future__ import annotations
@@ -28,23 +27,17 @@ from typing import Any, Optional
 import submitit
 
 from pipeline.runtime.exit_codes import EXIT_REQUEUE
-
-_STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+from pipeline.runtime.requeue_policy import MAX_REQUEUES, Outcome, decide
 
 
 class StageFailed(RuntimeError):
     """The stage process exited with an error (not done, not resumable)."""
 
 
-def stopped(returncode: Optional[int]) -> bool:
-    """Whether a stage process ended resumably: exit 75, or killed by SIGUSR1/SIGTERM before handling it."""
-    return returncode == EXIT_REQUEUE or returncode in tuple(-s for s in _STOP_SIGNALS)
-
-
 class StageJob(submitit.helpers.Checkpointable):
     """Run one stage's command in this task; picklable, and resubmitted as a fresh copy on checkpoint."""
 
-    def __init__(self, stage: str, argv: list[str], cwd: str, max_requeues: int = 20, requeues: int = 0,
+    def __init__(self, stage: str, argv: list[str], cwd: str, max_requeues: int = MAX_REQUEUES, requeues: int = 0,
                  poll_seconds: float = 0.5) -> None:
         self.stage, self.argv, self.cwd = stage, list(argv), cwd
         self.max_requeues, self.requeues, self.poll_seconds = max_requeues, requeues, poll_seconds
@@ -85,13 +78,13 @@ class StageJob(submitit.helpers.Checkpointable):
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         code = self._proc.returncode
-        if code == 0:
+        decision = decide(code, terminated=self._terminated, requeues=self.requeues, max_requeues=self.max_requeues)
+        if decision.outcome is Outcome.DONE:
             return {"stage": self.stage, "returncode": 0, "requeues": self.requeues}
-        if stopped(code) and self._terminated:
-            raise StageFailed(f"stage {self.stage}: stopped by SIGTERM (scancel, time limit or preemption; exit "
-                              f"{code}): not requeued; launch again to resume")
-        if stopped(code):
+        if decision.outcome is Outcome.REQUEUE:
             return self._requeue_self(code)
+        if decision.outcome is Outcome.STOPPED:
+            raise StageFailed(f"stage {self.stage}: {decision.reason} (launch again)")
         raise StageFailed(f"stage {self.stage}: `{' '.join(self.argv)}` exited with {code}")
 
     def _requeue_self(self, code: int) -> dict[str, Any]:
@@ -113,13 +106,11 @@ class StageJob(submitit.helpers.Checkpointable):
     # ------------------------------------------------------------------ checkpoint (submitit's hook, rank 0)
     def checkpoint(self, *args: Any, **kwargs: Any) -> Optional[submitit.helpers.DelayedSubmission]:
         """Make the stage checkpoint (SIGUSR1), wait for it, and return the same call to requeue (or None)."""
-        code = self._stop_child()
-        if code not in (0, None) and not stopped(code):
-            print(f"launch: {self.stage} failed while checkpointing (exit {code}): not requeued",
-                  file=sys.stderr, flush=True)
-            return None
-        if self.requeues >= self.max_requeues:
-            print(f"launch: {self.stage}: requeued {self.requeues} times (launch.max_requeues): giving up",
+        code = self._stop_child()  # None: no stage process; 0: it finished meanwhile (re-running it is a no-op)
+        decision = decide(EXIT_REQUEUE if code in (0, None) else code, terminated=False, requeues=self.requeues,
+                          max_requeues=self.max_requeues)
+        if decision.outcome is not Outcome.REQUEUE:
+            print(f"launch: {self.stage}: {decision.reason} (launch.max_requeues {self.max_requeues})",
                   file=sys.stderr, flush=True)
             return None
         again = StageJob(self.stage, self.argv, self.cwd, self.max_requeues, self.requeues + 1, self.poll_seconds)
