@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_tools.simulate import simulate_file
-from pipeline.data.run_layout import read_done, sample_blocks_dir, sample_manifest
+from pipeline.data.run_layout import sample_blocks_dir, sample_manifest
+from pipeline.data.run_record import read_record
 from pipeline.data.shower_store import ShowerStore
 from pipeline.training.metrics_log import comparable_rows
 
@@ -168,9 +169,9 @@ def build(root: Path) -> tuple[Path, dict[str, Stage]]:
         return tree_bytes(work / "store.zarr")
 
     def digests(run: Path) -> object:  # weights, EMA and the CSV logs (timing columns aside)
-        done = read_done(run)
+        done = read_record(run)
         logs = [comparable_rows(p) for p in sorted((run / "logs").glob("*.csv"))]
-        return (done["step"], done["weights_sha256"], done["ema_sha256"], logs) if done else None
+        return (done.step, done.weights_sha256, done.ema_sha256, logs) if done else None
 
     def sample(work: Path) -> object:
         path = work / "sample.zarr"

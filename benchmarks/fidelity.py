@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -55,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.data import run_layout  # noqa: E402
+from pipeline.data.run_record import read_record  # noqa: E402
 from pipeline.launch.plan import Stage, chain  # noqa: E402
 
 CURVES = ("etot_einc", "e_layer", "width_x", "sparsity", "classifier_auc")
@@ -92,9 +94,9 @@ def budgeted_stage(args: argparse.Namespace, env: dict[str, str], stage: Stage, 
 
 
 def _done_summary(run_dir: Path) -> dict[str, Any]:
-    done = run_layout.read_done(run_dir)
+    done = read_record(run_dir)
     assert done is not None
-    return {"steps": done["step"], "sample_steps": done["sample_steps"], "run_dir": str(run_dir)}
+    return {"steps": done.step, "sample_steps": done.sample_steps, "run_dir": str(run_dir)}
 
 
 def monitor_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -196,7 +198,8 @@ def layer_network_fidelity(cfg: Config, stage: int, steps: int | None = None) ->
 
     assert cfg.evaluate.reference is not None, "evaluate.reference: the layer energies to compare with"
     sampler = load_layer_sampler(run_layout.distill_dir(cfg, stage), torch.device("cpu"), clip_x=cfg.generate.clip_x)
-    sampler.steps = steps or sampler.steps
+    if steps:
+        sampler = dataclasses.replace(sampler, layer=dataclasses.replace(sampler.layer, steps=steps))
     reference, energies = reference_layer_energies(cfg.evaluate.reference, cfg.data.geometry)
     results, seconds = [], 0.0
     for k in range(GENERATION_SEEDS):

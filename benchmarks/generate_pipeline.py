@@ -43,13 +43,14 @@ from generate_speed import stats_store  # noqa: E402 - benchmarks/ is the script
 from pipeline.config import Config, StoreLayout, save_resolved  # noqa: E402
 from pipeline.data import run_layout  # noqa: E402
 from pipeline.data.run_layout import sample_blocks_dir  # noqa: E402
+from pipeline.data.run_record import RunRecord  # noqa: E402
 from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed  # noqa: E402
 from pipeline.generation.command import run  # noqa: E402
 from pipeline.generation.sampler import load_sampler  # noqa: E402
 from pipeline.models import build_models  # noqa: E402
 from pipeline.physics.geometry import load_geometry  # noqa: E402
 from pipeline.training.ema import EMA, export_ema  # noqa: E402
-from pipeline.training.pairs import DiffusionPair  # noqa: E402
+from pipeline.training.losses import DiffusionLoss  # noqa: E402
 
 
 def seeded_generator_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -90,7 +91,7 @@ def finished_run(tmp: Path, args: argparse.Namespace) -> Config:
     g.n, g.model, g.batch_size, g.block_size = args.n, "teacher", args.batch, 128
     g.layout = StoreLayout(chunk_rows=32, shard_rows=128)
     torch.manual_seed(0)
-    pair = DiffusionPair(*build_models(cfg.model, store.geometry), CosineSchedule())
+    pair = DiffusionLoss(*build_models(cfg.model, store.geometry), CosineSchedule())
     for p in pair.parameters():  # zero-initialised output layers would make the networks trivial
         if not p.abs().sum():
             torch.nn.init.normal_(p, std=0.02)
@@ -98,8 +99,8 @@ def finished_run(tmp: Path, args: argparse.Namespace) -> Config:
     (run_dir / "ema").mkdir(parents=True)
     export_ema(EMA(pair, 0.9), run_dir / "ema" / "ema.safetensors", {"preprocessing_stats": store.stats})
     config = save_resolved(cfg, run_dir)
-    run_layout.write_done(cfg, run_dir, str(config), step=0, ema="ema/ema.safetensors", checkpoint="none", stage=0,
-                          sample_steps=args.steps, ema_sha256="random")
+    RunRecord.of_export(cfg, run_dir, run_dir / "ema" / "ema.safetensors", sample_steps=args.steps,
+                        config_source=str(config)).write(run_dir)
     return cfg
 
 
@@ -114,8 +115,8 @@ def network_only_seconds(cfg: Config, n: int, batch: int) -> float:
         z, layers = torch.randn(b, *sampler.geometry.shape), torch.randn(b, L)
         t, cond = torch.full((b,), 0.5), torch.zeros(b)
         for _ in range(sampler.steps):
-            sampler.layer_net(layers, t, cond)
-            sampler.voxel_unet(z, t, cond, layers)
+            sampler.layer.model(layers, t, cond)
+            sampler.voxel.model(z, t, cond, layers)
     return time.perf_counter() - t0
 
 

@@ -31,7 +31,7 @@ from data_tools.convert import convert
 from data_tools.simulate import simulate_file
 from pipeline.config import Config, ModelConfig, StoreLayout
 from pipeline.data.shower_store import ShowerStore
-from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed
+from pipeline.diffusion import CosineSchedule, NetworkSampling, NoiseSource, shower_seed
 from pipeline.generation.sampler import Sampler
 from pipeline.models import build_models
 from pipeline.physics.preprocessing import Preprocessor
@@ -51,8 +51,8 @@ def sampler_for(store: ShowerStore, preset: str, steps: int, device: torch.devic
     layer_net, unet = layer_net.to(device).eval(), unet.to(device).eval()
     if compile:
         layer_net, unet = torch.compile(layer_net, dynamic=False), torch.compile(unet, dynamic=False)
-    return Sampler(layer_net, unet, Preprocessor(store.stats, store.geometry).to(device), CosineSchedule(), steps, 0.0,
-                   store.geometry, {})
+    return Sampler(NetworkSampling(layer_net, steps), NetworkSampling(unet, steps),
+                   Preprocessor(store.stats, store.geometry).to(device), CosineSchedule(), 0.0, store.geometry, {})
 
 
 def time_batches(sampler: Sampler, batch: int, repeats: int, precision: str, device: torch.device) -> float:

@@ -55,11 +55,11 @@ from generate_speed import stats_store  # noqa: E402 - benchmarks/ is the script
 
 from pipeline.config import Config, StoreLayout  # noqa: E402
 from pipeline.data.shower_store import ShowerStore  # noqa: E402
-from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed  # noqa: E402
+from pipeline.diffusion import CosineSchedule, NetworkSampling, NoiseSource, shower_seed  # noqa: E402
 from pipeline.generation.blocks import auto_batch_size  # noqa: E402
 from pipeline.generation.sampler import Sampler  # noqa: E402
 from pipeline.generation.shard_writer import to_host  # noqa: E402
-from pipeline.models import build_models  # noqa: E402
+from pipeline.models import build_models, use_channels_last  # noqa: E402
 from pipeline.physics.preprocessing import Preprocessor  # noqa: E402
 from pipeline.runtime.distributed import DistEnv, free_port, init_distributed, shutdown  # noqa: E402
 from pipeline.runtime.files import atomic_write_bytes  # noqa: E402
@@ -147,11 +147,11 @@ def build_sampler(store: ShowerStore, model: str, steps: int, device: torch.devi
                   channels_last: bool = False) -> Sampler:
     torch.manual_seed(0)
     layer_net, unet = (m.to(device).eval() for m in build_models(model_config(model).model, store.geometry))
-    unet.use_channels_last(channels_last)
+    use_channels_last(unet, channels_last)
     if compiled:
         layer_net, unet = torch.compile(layer_net, dynamic=False), torch.compile(unet, dynamic=False)
-    return Sampler(layer_net, unet, Preprocessor(store.stats, store.geometry).to(device), CosineSchedule(), steps,
-                   0.0, store.geometry, {})
+    return Sampler(NetworkSampling(layer_net, steps), NetworkSampling(unet, steps),
+                   Preprocessor(store.stats, store.geometry).to(device), CosineSchedule(), 0.0, store.geometry, {})
 
 
 def implicit_syncs(fn: Callable[[], None], device: torch.device) -> int | None:
@@ -203,8 +203,8 @@ def check_generation(sampler: Sampler, batch: int, device: torch.device, precisi
     def networks_only() -> None:
         with autocast(precision, device):
             for _ in range(sampler.steps):
-                sampler.layer_net(layers, t, cond)
-                sampler.voxel_unet(z, t, cond, layers)
+                sampler.layer.model(layers, t, cond)
+                sampler.voxel.model(z, t, cond, layers)
 
     reset_peak(device)
     total = timed(end_to_end, device, repeats)
@@ -218,7 +218,7 @@ def channels_last_losses(store: ShowerStore, model: str, device: torch.device, p
     """Where a U-Net run with ``channels_last`` loses the channels_last_3d layout on this device: the modules
     whose 5-d input has it and whose output does not (each such place costs a layout conversion later)."""
     sampler = build_sampler(store, model, 1, device, False, channels_last=True)
-    net = sampler.voxel_unet
+    net = sampler.voxel.model
     if not hasattr(net, "down"):
         return {"applies": False}
     cl = torch.channels_last_3d
@@ -264,12 +264,12 @@ def _training_rate(cfg: Config, store: ShowerStore, steps: int, device: torch.de
                    precision: str) -> tuple[float, float | None, int | None]:
     from pipeline.training.ema import EMA
     from pipeline.training.engine import build_engine
-    from pipeline.training.pairs import DiffusionPair
+    from pipeline.training.losses import DiffusionLoss
 
     batch = cfg.data.batch_size
     torch.manual_seed(0)
     layer_net, unet = build_models(cfg.model, store.geometry)
-    model = DiffusionPair(layer_net, unet, CosineSchedule()).to(device)
+    model = DiffusionLoss(layer_net, unet, CosineSchedule()).to(device)
     ema = EMA(model, 0.999)
     engine = build_engine(cfg, model, 1, device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -379,8 +379,7 @@ def run_checks(plan: Plan, device: torch.device, budget_s: float, tmp: Path, out
         sampler = build_sampler(store, model, 1, device, True)  # compiled once per model, for its batch size
         for i, steps in enumerate(plan.steps):
             def measure_compiled(steps: int = steps, sampler: Sampler = sampler, batch: int = batches[model]) -> dict:
-                sampler.steps = steps
-                return check_generation(sampler, batch, device, precision, plan.repeats)
+                return check_generation(sampler.with_steps(steps), batch, device, precision, plan.repeats)
             item = {"model": model, "steps": steps, "compile": True, "channels_last": False}
             if not res.attempt("generation", item, measure_compiled, compile_s if i == 0 else 0.0):
                 for rest in plan.steps[i + 1:]:  # a failed or skipped compilation is not paid for again

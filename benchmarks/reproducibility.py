@@ -71,7 +71,7 @@ def worker(out: Path, weights: Path, geometry_name: str, steps: int) -> None:
     """Generate every (dtype, eta, split) sample in this process with the parent's weights and save them
     (weights are drawn once: torch's vectorised random draws differ in the last bits between CPU
     capabilities, and this measures the kernels)."""
-    from pipeline.diffusion import NoiseSource, synthesize
+    from pipeline.diffusion import NetworkSampling, NoiseSource, synthesize
 
     nets, pre = build(geometry_name)
     saved = torch.load(weights, weights_only=True)
@@ -81,7 +81,8 @@ def worker(out: Path, weights: Path, geometry_name: str, steps: int) -> None:
     arrays = {}
     for dtype in (torch.float32, torch.float64):
         layer_net, unet = (m.to(dtype) for m in nets)
-        kw = dict(layer_model=layer_net, voxel_model=unet, preprocessor=pre.to(dtype), steps=steps, threshold=False)
+        kw = dict(layer=NetworkSampling(layer_net, steps), voxel=NetworkSampling(unet, steps), preprocessor=pre.to(dtype),
+                  threshold=False)
         for eta in (0.0, 1.0):
             for name, split in SPLITS.items():
                 parts, start = [], 0

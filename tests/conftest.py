@@ -1,7 +1,10 @@
-"""Shared test helpers: small CaloChallenge-format files and store comparison."""
+"""Shared test helpers: small CaloChallenge-format files, stores and samples, network inputs, comparisons.
+
+The helpers of tests that run training in a subprocess are in tests/train_runs.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import StoreLayout
 from pipeline.data.calochallenge_hdf5 import shower_file_writer
+from pipeline.data.run_layout import sample_blocks_dir, sample_manifest
+from pipeline.data.shower_store import FORMAT_NAME, FORMAT_VERSION, ShowerStore, create_arrays
 from pipeline.physics.geometry import load_geometry
 from pipeline.physics.preprocessing import Preprocessor
 from pipeline.physics.shower_stats import block_stats, stats_to_dict
@@ -164,3 +170,44 @@ def find_mpirun() -> str | None:
     """mpirun beside the interpreter (pip's mpich) or on PATH."""
     local = Path(sys.executable).with_name("mpirun")
     return str(local) if local.exists() else shutil.which("mpirun")
+
+
+def make_generated(path: Path, n: int = 40, geometry: str = "ds2", layout: StoreLayout = StoreLayout(8, 16),
+                   complete: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A store shaped like pipeline.generate's sample: 'generation' attrs, the block markers and manifest beside it."""
+    g = load_geometry(geometry)
+    attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "geometry": g.to_dict(),
+             "units": {"showers": "MeV", "incident_energies": "MeV"}, "split": {"validation_chunks": []},
+             "generation": {"seed": seed, "n": n, "model": "final", "sample_steps": 2}}
+    group = create_arrays(path, g, n, layout, attrs)
+    e, s = random_batch(geometry, n, seed)
+    s = s.astype(np.float32)
+    group["showers"][:] = s
+    group["incident_energies"][:] = e
+    sample_blocks_dir(path).mkdir()
+    (sample_blocks_dir(path) / "block_0000000.json").write_text(json.dumps({"rows": [0, n]}))
+    if complete:
+        group.attrs.update({"complete": True})
+        sample_manifest(path).write_text(json.dumps({"n": n}))
+    return e, s.reshape(n, -1)
+
+
+def stand_in_store(tmp_path, geometry: str, n: int) -> ShowerStore:
+    """A tiny store from the stand-in simulator when it is available, random showers otherwise."""
+    from data_tools.convert import convert
+
+    path = tmp_path / "standin.hdf5"
+    try:
+        from data_tools.simulate import simulate_file
+    except ImportError:
+        write_random_showers(path, n, geometry, seed=3)
+    else:
+        simulate_file(path, geometry, n, seed=3)
+    return ShowerStore(convert([path], tmp_path / "s.zarr", geometry, layout=StoreLayout(8, 32),
+                               validation_fraction=0.0, progress=False))
+
+
+def inputs(shape: tuple[int, ...], b: int = 2, dtype: torch.dtype = torch.float32, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, *shape, generator=gen, dtype=dtype), torch.rand(b, generator=gen, dtype=dtype),
+            torch.randn(b, generator=gen, dtype=dtype), torch.randn(b, shape[0], generator=gen, dtype=dtype))

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from data_tools.convert import convert
-from pipeline.config import ModelConfig, StoreLayout
-from pipeline.data.shower_store import ShowerStore
+from pipeline.config import ModelConfig
 from pipeline.data.stream import ShowerStream
 from pipeline.diffusion import (
     CosineSchedule,
+    NetworkSampling,
     NoiseSource,
     as_v,
     ddim_step,
@@ -32,7 +31,7 @@ from pipeline.models import build_models
 from pipeline.physics.geometry import load_geometry
 from pipeline.physics.preprocessing import Preprocessor
 
-from conftest import assert_same_generated_showers, make_preprocessor, randomize_zero_init, write_random_showers
+from conftest import assert_same_generated_showers, make_preprocessor, randomize_zero_init, stand_in_store
 
 SCHEDULE = CosineSchedule(-20.0, 20.0)
 MU, S = 1.5, 0.3  # toy data: every element ~ N(MU, S^2)
@@ -170,7 +169,8 @@ def test_generation_is_batch_split_invariant(eta):
     changes only the summation order (measured: <= 1e-10 relative, benchmarks/reproducibility.py). A shower
     that got another row's noise, energy or layer energies would differ by order one."""
     geometry, layer_net, unet, pre = _random_pair(torch.float64)
-    kw = dict(layer_model=layer_net, voxel_model=unet, preprocessor=pre, steps=3, eta=eta, threshold=False)
+    kw = dict(layer=NetworkSampling(layer_net, 3), voxel=NetworkSampling(unet, 3), preprocessor=pre, eta=eta,
+              threshold=False)
     full = synthesize(ENERGIES, SEEDS, **kw)
     assert full.dtype == torch.float64 and full.shape == (6, *geometry.shape) and (full >= 0).all()
     halves = torch.cat([synthesize(ENERGIES[:2], SEEDS[:2], **kw), synthesize(ENERGIES[2:], SEEDS[2:], **kw)])
@@ -188,26 +188,14 @@ def test_float32_generation_is_batch_split_invariant_to_kernel_tolerance():
     """The production dtype: a batch of 6 and batches of 2 + 4 run different float32 kernels; they agree
     within the measured kernel spread (tests/conftest.py FLOAT32_*)."""
     geometry, layer_net, unet, pre = _random_pair(torch.float32)
-    kw = dict(layer_model=layer_net, voxel_model=unet, preprocessor=pre, steps=3, eta=1.0, threshold=False)
+    kw = dict(layer=NetworkSampling(layer_net, 3), voxel=NetworkSampling(unet, 3), preprocessor=pre, eta=1.0,
+              threshold=False)
     full = synthesize(ENERGIES, SEEDS, **kw)
     halves = torch.cat([synthesize(ENERGIES[:2], SEEDS[:2], **kw), synthesize(ENERGIES[2:], SEEDS[2:], **kw)])
     assert full.dtype == torch.float32
     assert_same_generated_showers(halves, full, geometry.threshold_mev)
     with pytest.raises(AssertionError):  # the check sees a shower given another shower's noise
         assert_same_generated_showers(synthesize(ENERGIES, SEEDS[::-1], **kw), full, geometry.threshold_mev)
-
-
-def stand_in_store(tmp_path, geometry: str, n: int) -> ShowerStore:
-    """A tiny store from the stand-in simulator when it is available, random showers otherwise."""
-    path = tmp_path / "standin.hdf5"
-    try:
-        from data_tools.simulate import simulate_file
-    except ImportError:
-        write_random_showers(path, n, geometry, seed=3)
-    else:
-        simulate_file(path, geometry, n, seed=3)
-    return ShowerStore(convert([path], tmp_path / "s.zarr", geometry, layout=StoreLayout(8, 32),
-                               validation_fraction=0.0, progress=False))
 
 
 def test_tiny_model_loss_decreases(tmp_path):

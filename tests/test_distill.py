@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_runs import clean_env, run_group, train_cmd, write_config
 
 from pipeline.config import load_config
 from pipeline.config.loader import ConfigError
@@ -24,8 +25,6 @@ from pipeline.data.shower_store import ShowerStore
 from pipeline.diffusion import sample
 from pipeline.generation.sampler import Sampler, load_sampler
 from pipeline.training.distill_command import stage_config, teacher_of
-
-from test_train import clean_env, run_group, train_cmd, write_config
 
 TEACHER_STEPS = 4
 
@@ -60,8 +59,8 @@ def samples_gap(student: Sampler, teacher: Sampler, showers: torch.Tensor, energ
 
     @torch.no_grad()
     def draw(s: Sampler) -> tuple[torch.Tensor, torch.Tensor]:
-        layers = sample(lambda z, t: s.layer_net(z, t, p.cond), z_layers, s.schedule, s.steps)
-        voxels = sample(lambda z, t: s.voxel_unet(z, t, p.cond, p.layers), z_voxels, s.schedule, s.steps)
+        layers = sample(lambda z, t: s.layer.model(z, t, p.cond), z_layers, s.schedule, s.layer.steps)
+        voxels = sample(lambda z, t: s.voxel.model(z, t, p.cond, p.layers), z_voxels, s.schedule, s.voxel.steps)
         return layers, voxels
 
     (sl, sv), (tl, tv) = draw(student), draw(teacher)
@@ -107,8 +106,8 @@ def test_two_stages_bring_the_student_to_the_teacher(chain):
 
     teacher = load_sampler(run_layout.distill_dir(cfg, 0), torch.device("cpu"))
     student = load_sampler(run_layout.distill_dir(cfg, 1), torch.device("cpu"))
-    initial = load_sampler(run_layout.distill_dir(cfg, 0), torch.device("cpu"))
-    initial.steps = student.steps  # the student before training: the teacher's weights with half the steps
+    # the student before training: the teacher's weights with half the steps
+    initial = load_sampler(run_layout.distill_dir(cfg, 0), torch.device("cpu")).with_steps(student.steps)
     data = ShowerStore(cfg.data.store)
     showers, energies = torch.from_numpy(data.showers[:32]), torch.from_numpy(data.energies[:32])
     before = samples_gap(initial, teacher, showers, energies)

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_runs import LAUNCH_PREFIXES, LAUNCH_VARIABLES, clean_env, run_group, run_train, train_cmd, write_config
 
+from pipeline.data.run_record import read_record
 from pipeline.runtime import distributed
 from pipeline.runtime.distributed import (
     DistributedError,
@@ -24,16 +26,6 @@ from pipeline.runtime.distributed import (
 )
 
 from conftest import REPO, find_mpirun
-from test_train import (
-    LAUNCH_PREFIXES,
-    LAUNCH_VARIABLES,
-    clean_env,
-    read_done,
-    run_group,
-    run_train,
-    train_cmd,
-    write_config,
-)
 
 
 @pytest.fixture
@@ -224,8 +216,8 @@ def test_mpirun_two_ranks_zero1_and_resume_with_other_world_size(tmp_path, store
     cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=4, zero_stage=1, val_every_steps=0)
     result = run_group([mpirun, "-n", "2", *train_cmd(cfg)], timeout=180, env=clean_env(OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-4000:]
-    done = read_done(run)
-    assert (done["launcher"], done["world_size"], done["zero_stage"], done["ranks_agree"]) == ("mpi", 2, 1, True)
+    done = read_record(run)
+    assert (done.launcher, done.world_size, done.zero_stage, done.ranks_agree) == ("mpi", 2, 1, True)
     # one rank cannot resume a two-rank ZeRO checkpoint: a clear error saying what to do instead
     again = run_train(cfg, "--max-steps", "6")
     assert again.returncode == 2, again.stderr[-4000:]
@@ -234,7 +226,7 @@ def test_mpirun_two_ranks_zero1_and_resume_with_other_world_size(tmp_path, store
     fresh = run_train(cfg, "--max-steps", "2", "--set", f"run.dir={tmp_path / 'fresh'}",
                       "--set", f"train.init_from={run}")
     assert fresh.returncode == 0, fresh.stderr[-4000:]
-    assert read_done(tmp_path / "fresh")["step"] == 2
+    assert read_record(tmp_path / "fresh").step == 2
 
 
 def srun_style_ranks(cmd: list[str], timeout: float = 180, **rank_env: dict[str, str]) -> tuple[list, list[str]]:
@@ -263,11 +255,11 @@ def test_srun_style_slurm_variables_two_ranks(tmp_path, store):
                        eval_every_steps=4, eval_showers=9, eval_sample_steps=1)  # the monitor, shared by 2 ranks
     codes, outputs = srun_style_ranks(train_cmd(cfg))
     assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    done = read_done(run)
-    assert (done["launcher"], done["world_size"], done["ranks_agree"]) == ("slurm", 2, True)
-    state = json.loads((Path(done["checkpoint"]) / "rank_1.json").read_text())
+    done = read_record(run)
+    assert (done.launcher, done.world_size, done.ranks_agree) == ("slurm", 2, True)
+    state = json.loads((Path(done.checkpoint) / "rank_1.json").read_text())
     assert state["stream"]["rank"] == 1 and state["stream"]["world_size"] == 2
-    assert state["stream"]["batch"] == 8 and done["samples"] == 4 * 2 * 4  # 2 micro-batches of 2 per rank and step
+    assert state["stream"]["batch"] == 8 and done.samples == 4 * 2 * 4  # 2 micro-batches of 2 per rank and step
     saved = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
     assert saved == ["step_00000003", "step_00000004"]  # one per step by time, the newest 2 kept
     monitor = (run / "logs" / "monitor.csv").read_text().splitlines()  # rows 0::2 on rank 0, 1::2 on rank 1
@@ -298,8 +290,8 @@ def test_a_rank_with_a_stale_view_of_the_checkpoints_follows_rank_0(tmp_path, st
                                       r1={"PYTHONPATH": str(hook), "CALO_TEST_STALE_LATEST": "step_00000002"})
     assert codes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "resumed from step_00000004 at step 4/6" in outputs[0]
-    done = read_done(run)
-    assert done["step"] == 6 and done["world_size"] == 2 and done["ranks_agree"]
+    done = read_record(run)
+    assert done.step == 6 and done.world_size == 2 and done.ranks_agree
 
 
 def _hold_gpu(ready, release) -> None:  # another rank of the job, on the same GPU

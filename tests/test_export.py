@@ -14,12 +14,12 @@ from data_tools.convert import convert
 from data_tools.export import export, main
 from pipeline.config import StoreLayout
 from pipeline.data.calochallenge_hdf5 import inspect_file
-from pipeline.data.run_layout import sample_blocks_dir, sample_manifest
+from pipeline.data.run_layout import sample_manifest
 from pipeline.data.shower_store import FORMAT_NAME, FORMAT_VERSION, StoreError, create_arrays
 from pipeline.physics.geometry import load_geometry
 from pipeline.tools.cli import COMMANDS
 
-from conftest import random_batch, run_module, write_random_showers
+from conftest import make_generated, run_module, write_random_showers
 
 LAYOUT = StoreLayout(chunk_rows=8, shard_rows=32)
 
@@ -31,26 +31,6 @@ def converted(tmp_path_factory):
     e, s = write_random_showers(tmp / "in.hdf5", 70, "ds3", seed=4)
     store = convert([tmp / "in.hdf5"], tmp / "in.zarr", "ds3", layout=LAYOUT, progress=False)
     return store, e, s
-
-
-def make_generated(path: Path, n: int = 40, geometry: str = "ds2", layout: StoreLayout = StoreLayout(8, 16),
-                   complete: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A store shaped like pipeline.generate's sample: 'generation' attrs, the block markers and manifest beside it."""
-    g = load_geometry(geometry)
-    attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "geometry": g.to_dict(),
-             "units": {"showers": "MeV", "incident_energies": "MeV"}, "split": {"validation_chunks": []},
-             "generation": {"seed": seed, "n": n, "model": "final", "sample_steps": 2}}
-    group = create_arrays(path, g, n, layout, attrs)
-    e, s = random_batch(geometry, n, seed)
-    s = s.astype(np.float32)
-    group["showers"][:] = s
-    group["incident_energies"][:] = e
-    sample_blocks_dir(path).mkdir()
-    (sample_blocks_dir(path) / "block_0000000.json").write_text(json.dumps({"rows": [0, n]}))
-    if complete:
-        group.attrs.update({"complete": True})
-        sample_manifest(path).write_text(json.dumps({"n": n}))
-    return e, s.reshape(n, -1)
 
 
 def read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:

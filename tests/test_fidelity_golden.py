@@ -3,7 +3,7 @@ sample, makes showers (through the production path: :func:`pipeline.diffusion.sy
 preprocessing) whose E_tot/E_inc and layer energies are close to an independent stand-in sample's.
 
 Set-up: 4096 stand-in ds2 showers for training and 2048 independent ones as reference (in-process simulator),
-the tiny layer network trained by the project's own loss (:class:`pipeline.training.pairs.DiffusionPair` with
+the tiny layer network trained by the project's own loss (:class:`pipeline.training.losses.DiffusionLoss` with
 ``networks=("layers",)``) for 3000 AdamW steps, sampled with 16 DDIM steps for the reference's incident energies.
 The voxel network is a stand-in that predicts v = 0 (its shapes do not matter here: each layer's voxels are
 normalised to the layer energy), the threshold is left to the layer energies (a layer below 15.15 keV is 0).
@@ -30,14 +30,14 @@ import torch
 
 from data_tools.shower_model import sample_incident_energies, simulate_showers
 from pipeline.config import ModelConfig
-from pipeline.diffusion import CosineSchedule, shower_seed, synthesize
+from pipeline.diffusion import CosineSchedule, NetworkSampling, shower_seed, synthesize
 from pipeline.diffusion import synthesis as synthesis_module
 from pipeline.evaluation.layer_fidelity import compare_layer_energies
 from pipeline.models import build_models
 from pipeline.physics.geometry import load_geometry
 from pipeline.physics.preprocessing import Preprocessor, inverse_logit
 from pipeline.physics.shower_stats import block_stats, stats_to_dict
-from pipeline.training.pairs import DiffusionPair
+from pipeline.training.losses import DiffusionLoss
 
 GEOMETRY = load_geometry("ds2")
 N_TRAIN, N_REFERENCE, BATCH, TRAIN_STEPS, SAMPLE_STEPS, BINS = 4096, 2048, 256, 3000, 16, 30
@@ -79,7 +79,7 @@ def train_layer_network(seed: int, steps: int = TRAIN_STEPS) -> torch.nn.Module:
     data = stand_in()
     torch.manual_seed(seed)
     layer_net, _ = build_models(ModelConfig(preset="tiny"), GEOMETRY)
-    pair = DiffusionPair(layer_net, _ZeroV(), CosineSchedule(), networks=("layers",))
+    pair = DiffusionLoss(layer_net, _ZeroV(), CosineSchedule(), networks=("layers",))
     p = data["pre"].from_layer_energies(data["layers_train"], data["e_train"])
     opt = torch.optim.AdamW(pair.layer_net.parameters(), lr=2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
@@ -99,8 +99,8 @@ def fidelity(layer_net: torch.nn.Module) -> dict[str, Any]:
     data = stand_in()
     energies = torch.from_numpy(data["e_ref"])
     seeds = [shower_seed(5, i) for i in range(N_REFERENCE)]
-    showers = synthesize(energies, seeds, layer_net, _ZeroV(), data["pre"], 1, layer_steps=SAMPLE_STEPS,
-                         threshold=False)
+    showers = synthesize(energies, seeds, NetworkSampling(layer_net, SAMPLE_STEPS), NetworkSampling(_ZeroV(), 1),
+                         data["pre"], threshold=False)
     e_layer = showers.double().sum(dim=(2, 3)).numpy()
     e_layer[e_layer < GEOMETRY.threshold_mev] = 0.0
     return compare_layer_energies(e_layer, data["layers_ref"], data["e_ref"], data["e_ref"], bins=BINS)

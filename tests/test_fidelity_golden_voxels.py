@@ -22,6 +22,7 @@ most about 1.7x the worst seed where that gap is wide, so a regression of the ne
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -80,7 +81,7 @@ def load() -> VoxelSampler:
     except (ConfigError, RuntimeError, KeyError) as err:
         pytest.fail(f"{WEIGHTS}: the golden voxel network does not load ({err}); if the network's architecture "
                     f"changed, remake it with `python tests/test_fidelity_golden_voxels.py train`")
-    assert sampler.steps == SAMPLE_STEPS
+    assert sampler.voxel.steps == SAMPLE_STEPS
     return sampler
 
 
@@ -128,7 +129,7 @@ def broken(sampler: VoxelSampler, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     out = {}
     for name in ("energy", "layers"):
         with monkeypatch.context() as m:
-            m.setattr(sampler, "voxel_net", _Misconditioned(sampler.voxel_net, name))
+            m.setattr(sampler, "voxel", dataclasses.replace(sampler.voxel, model=_Misconditioned(sampler.voxel.model, name)))
             out[f"voxel network given another shower's {name}"] = fidelity(sampler)
     with monkeypatch.context() as m:
         m.setattr(Preprocessor, "voxel_fractions", _without_voxel_std)

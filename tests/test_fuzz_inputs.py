@@ -29,7 +29,7 @@ from pipeline.data.shower_store import read_attrs
 from pipeline.evaluation.command import main as evaluate_main
 from pipeline.generation.energies import IncidentEnergies
 
-from conftest import REPO, write_random_showers
+from conftest import REPO, make_generated, write_random_showers
 
 FUZZ = settings(max_examples=int(os.environ.get("CALO_FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -165,7 +165,6 @@ def broken_stores(draw) -> dict:
 
 
 def make_store(path: Path, spec: dict) -> None:
-    from test_export import make_generated
 
     make_generated(path, n=16, complete=spec["attrs"] != "incomplete")
     meta_path = path / "zarr.json"

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from train_runs import clean_env, write_config
 
 from pipeline.config import load_config, save_resolved
 from pipeline.config.loader import ConfigError
 from pipeline.data import run_layout
-from pipeline.data.run_layout import sample_blocks_dir, sample_manifest, write_done
+from pipeline.data.run_layout import sample_blocks_dir, sample_manifest
+from pipeline.data.run_record import RunRecord
 from pipeline.data.shower_store import ShowerStore, StoreError
 from pipeline.diffusion import CosineSchedule, NoiseSource, shower_seed
 from pipeline.generation.command import run
@@ -29,10 +31,9 @@ from pipeline.generation.sampler import load_sampler
 from pipeline.models import build_models
 from pipeline.physics.geometry import load_geometry
 from pipeline.training.ema import EMA, export_ema
-from pipeline.training.pairs import DiffusionPair
+from pipeline.training.losses import DiffusionLoss
 
 from conftest import REPO, assert_same_generated_showers, randomize_zero_init
-from test_train import clean_env, write_config
 
 N = 150  # 3 blocks of 64 (the last one partial), shards of 32
 THRESHOLD = load_geometry("ds2").threshold_mev
@@ -52,13 +53,13 @@ def model_config(tmp_path_factory, store) -> Path:
     cfg = load_config(config)
     torch.manual_seed(0)
     layer_net, unet = build_models(cfg.model, ShowerStore(store).geometry)
-    pair = DiffusionPair(randomize_zero_init(layer_net), randomize_zero_init(unet), CosineSchedule())
+    pair = DiffusionLoss(randomize_zero_init(layer_net), randomize_zero_init(unet), CosineSchedule())
     run_dir = Path(cfg.run.dir)
     (run_dir / "ema").mkdir(parents=True)
     export_ema(EMA(pair, 0.9), run_dir / "ema" / "ema.safetensors", {})
     save_resolved(cfg, run_dir)
-    write_done(cfg, run_dir, str(config), step=0, ema="ema/ema.safetensors", checkpoint="checkpoints/none",
-               stage=0, sample_steps=2, ema_sha256="random")
+    RunRecord.of_export(cfg, run_dir, run_dir / "ema" / "ema.safetensors", sample_steps=2,
+                        config_source=str(config)).write(run_dir)
     return config
 
 
@@ -289,13 +290,13 @@ def test_model_carries_its_preprocessing_statistics(tmp_path, model_config, stor
     cfg = load_config(model_config)
     run_dir = tmp_path / "moved"
     layer_net, unet = build_models(cfg.model, ShowerStore(store).geometry)
-    pair = DiffusionPair(randomize_zero_init(layer_net), randomize_zero_init(unet), CosineSchedule())
+    pair = DiffusionLoss(randomize_zero_init(layer_net), randomize_zero_init(unet), CosineSchedule())
     (run_dir / "ema").mkdir(parents=True)
     export_ema(EMA(pair, 0.9), run_dir / "ema" / "ema.safetensors",
                {"preprocessing_stats": ShowerStore(store).stats, "geometry": "ds2"})
     save_resolved(cfg, run_dir)
     moved = load_config(model_config, [f"data.store={tmp_path / 'gone.zarr'}"])
-    write_done(moved, run_dir, None, step=0, ema="ema/ema.safetensors", checkpoint="none", sample_steps=1)
+    RunRecord.of_export(moved, run_dir, run_dir / "ema" / "ema.safetensors", sample_steps=1).write(run_dir)
     sampler = load_sampler(run_dir, torch.device("cpu"))
     assert sampler.steps == 1 and sampler.geometry.name == "ds2"
     (run_dir / "ema" / "ema.safetensors").unlink()

@@ -10,13 +10,13 @@ import time
 
 import pytest
 import torch
+from train_runs import clean_env
 
 from pipeline.config import Config
 from pipeline.generation.blocks import auto_batch_size, largest_divisor
 from pipeline.tools.info import model_info
 
 from conftest import REPO
-from test_train import clean_env
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402

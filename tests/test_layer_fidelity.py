@@ -9,7 +9,7 @@ import torch
 
 from pipeline.config import ModelConfig, load_config
 from pipeline.config.loader import ConfigError
-from pipeline.diffusion import CosineSchedule, shower_seed, synthesize, synthesize_layers
+from pipeline.diffusion import CosineSchedule, NetworkSampling, shower_seed, synthesize, synthesize_layers
 from pipeline.diffusion.schedule import clipped_x
 from pipeline.evaluation.layer_fidelity import compare_layer_energies, layer_features
 from pipeline.models import build_models
@@ -24,10 +24,11 @@ def test_synthesize_layers_gives_the_layer_energies_of_synthesize():
     layer_net, voxel_net = (randomize_zero_init(m).eval() for m in build_models(ModelConfig(), load_geometry("ds2")))
     energies = torch.tensor([2e3, 5e4, 3e5])
     seeds = [shower_seed(3, i) for i in range(3)]
-    showers = synthesize(energies, seeds, layer_net, voxel_net, pre, 2, threshold=False)
-    layers = synthesize_layers(energies, seeds, layer_net, pre, 2, threshold=False)
+    layer, voxel = NetworkSampling(layer_net, 2), NetworkSampling(voxel_net, 2)
+    showers = synthesize(energies, seeds, layer, voxel, pre, threshold=False)
+    layers = synthesize_layers(energies, seeds, layer, pre, threshold=False)
     torch.testing.assert_close(layers, showers.sum(dim=(2, 3)), rtol=1e-5, atol=1e-6)
-    thresholded = synthesize_layers(energies, seeds, layer_net, pre, 2)
+    thresholded = synthesize_layers(energies, seeds, layer, pre)
     assert torch.equal(thresholded, torch.where(layers >= pre.threshold_mev, layers, 0.0))
 
 

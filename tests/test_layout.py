@@ -15,7 +15,7 @@ from pipeline.tools.cli import COMMANDS
 
 from conftest import REPO
 
-MAX_MODULE_LINES = 360  # "a few hundred lines" (DESIGN.md)
+MAX_MODULE_LINES = 360  # "small files, one purpose each": the layout README.md "Where things are" describes
 
 
 def _lint_imports() -> str:

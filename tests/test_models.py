@@ -13,16 +13,10 @@ from pipeline.models import PRESETS, LayerEnergyNet, VoxelUNet, build_models, co
 from pipeline.physics.geometry import load_geometry
 from pipeline.tools import cli, info
 
-from conftest import randomize_zero_init
+from conftest import inputs, randomize_zero_init
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def inputs(shape: tuple[int, ...], b: int = 2, dtype: torch.dtype = torch.float32, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, *shape, generator=gen, dtype=dtype), torch.rand(b, generator=gen, dtype=dtype),
-            torch.randn(b, generator=gen, dtype=dtype), torch.randn(b, shape[0], generator=gen, dtype=dtype))
 
 
 @pytest.mark.parametrize("geometry", ["ds2", "ds3"])
@@ -104,11 +98,11 @@ def test_info_counts_parameters_and_flops(capsys):
     cfg = load_config(CONFIGS / "smoke.yaml")
     result = info.model_info(cfg)
     layer_net, unet = build_models(cfg.model, load_geometry(cfg.data.geometry))
-    assert result["voxel_unet"]["parameters"] == count_parameters(unet)
+    assert result["voxel_net"]["parameters"] == count_parameters(unet)
     assert result["layer_net"]["parameters"] == count_parameters(layer_net)
     # the full-resolution convolutions alone: stem (4->8 channels) and output (8->1), 2 FLOPs per MAC
-    assert result["voxel_unet"]["flops"] > 2 * 27 * (4 * 8 + 8) * 40500
-    assert 0 < result["layer_net"]["flops"] < result["voxel_unet"]["flops"]
+    assert result["voxel_net"]["flops"] > 2 * 27 * (4 * 8 + 8) * 40500
+    assert 0 < result["layer_net"]["flops"] < result["voxel_net"]["flops"]
     assert cli.COMMANDS["info"] == "pipeline.info"
     assert info.main(["--config", str(CONFIGS / "ds2.yaml")]) == 0
     out = capsys.readouterr().out

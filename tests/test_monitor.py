@@ -9,14 +9,14 @@ import random
 import numpy as np
 import pytest
 import torch
+from train_runs import ONE_THREAD, run_train, write_config
 
+from pipeline.data.run_record import read_record
 from pipeline.data.shower_store import ShowerStore
+from pipeline.runtime.exit_codes import EXIT_REQUEUE
 from pipeline.training.metrics_log import comparable_rows
 from pipeline.training.monitor import COLUMNS, preserved_rng, validation_showers
 
-from test_train import EXIT_REQUEUE, read_done, run_train, write_config
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 MONITOR = {"eval_every_steps": 2, "eval_showers": 24, "eval_sample_steps": 2, "val_every_steps": 0, "max_steps": 6}
 
 
@@ -58,8 +58,8 @@ def test_monitor_rows_and_no_effect_on_training(tmp_path, store):
     assert run_train(write_config(tmp_path / "on.yaml", store, on, **MONITOR), **ONE_THREAD).returncode == 0
     plain = {**MONITOR, "eval_every_steps": 0}
     assert run_train(write_config(tmp_path / "off.yaml", store, off, **plain), **ONE_THREAD).returncode == 0
-    assert (read_done(on)["weights_sha256"], read_done(on)["ema_sha256"]) == \
-        (read_done(off)["weights_sha256"], read_done(off)["ema_sha256"])
+    assert (read_record(on).weights_sha256, read_record(on).ema_sha256) == \
+        (read_record(off).weights_sha256, read_record(off).ema_sha256)
     assert not (off / "logs" / "monitor.csv").exists()
 
     rows = monitor_rows(on)
@@ -90,7 +90,7 @@ def test_resume_with_the_monitor_on_is_bit_identical(tmp_path, store):
     assert run_train(cfg, "--time-limit", "1s", **ONE_THREAD).returncode == EXIT_REQUEUE
     resumed = run_train(cfg, **ONE_THREAD)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert read_done(run)["ema_sha256"] == read_done(ref)["ema_sha256"]
-    assert read_done(run)["weights_sha256"] == read_done(ref)["weights_sha256"]
+    assert read_record(run).ema_sha256 == read_record(ref).ema_sha256
+    assert read_record(run).weights_sha256 == read_record(ref).weights_sha256
     assert [int(r["step"]) for r in monitor_rows(run)] == [0, 2, 4, 6]
     assert [r["etot_einc"] for r in monitor_rows(run)] == [r["etot_einc"] for r in monitor_rows(ref)]

@@ -3,16 +3,18 @@ combined at generation (generate.layer_model)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from train_runs import clean_env, run_group, train_cmd, write_config
 
 from pipeline.config import ModelConfig, load_config
 from pipeline.config.loader import ConfigError
-from pipeline.data.run_layout import read_done
+from pipeline.data.run_record import RunRecord, read_record
 from pipeline.data.samples import open_sample
 from pipeline.data.shower_store import ShowerStore
 from pipeline.data.stream import ShowerStream, StreamError
@@ -22,10 +24,9 @@ from pipeline.launch.plan import chain
 from pipeline.models import build_models
 from pipeline.models.ema_weights import load_ema_weights
 from pipeline.physics.geometry import load_geometry
-from pipeline.training.pairs import DiffusionPair, DistillationPair
+from pipeline.training.losses import DiffusionLoss, DistillationLoss
 
 from conftest import make_preprocessor, run_module
-from test_train import clean_env, run_group, train_cmd, write_config
 
 
 class _Refuses(torch.nn.Module):
@@ -43,18 +44,18 @@ def test_a_pair_trains_only_its_networks():
     pre, showers, energies = make_preprocessor("ds2")
     p = pre(showers.float(), energies)
     layer_net, _ = build_models(ModelConfig(), load_geometry("ds2"))
-    pair = DiffusionPair(layer_net, _Refuses(), CosineSchedule(), networks=["layers"])
-    assert not pair.voxel_unet.w.requires_grad and all(q.requires_grad for q in pair.layer_net.parameters())
+    pair = DiffusionLoss(layer_net, _Refuses(), CosineSchedule(), networks=["layers"])
+    assert not pair.voxel_net.w.requires_grad and all(q.requires_grad for q in pair.layer_net.parameters())
     out = pair(p.layers, None, p.cond, generator=torch.Generator().manual_seed(0))
     assert out["voxel"].item() == 0 and out["loss"].item() == out["layer"].item() > 0
     out["loss"].backward()
-    assert pair.voxel_unet.w.grad is None and pair.layer_net.inp.weight.grad is not None
+    assert pair.voxel_net.w.grad is None and pair.layer_net.inp.weight.grad is not None
     # with both networks, the layer loss is the same for the same generator (the draws keep their order)
     _, voxel_net = build_models(ModelConfig(), load_geometry("ds2"))
-    both = DiffusionPair(layer_net, voxel_net, CosineSchedule())(p.layers, p.voxels, p.cond,
+    both = DiffusionLoss(layer_net, voxel_net, CosineSchedule())(p.layers, p.voxels, p.cond,
                                                                 generator=torch.Generator().manual_seed(0))
     assert both["voxel"].item() > 0 and both["layer"].item() != out["layer"].item()  # other times: t_voxel drawn
-    student = DistillationPair(layer_net, _Refuses(), CosineSchedule(), pair, 2, networks=["layers"])
+    student = DistillationLoss(layer_net, _Refuses(), CosineSchedule(), pair, 2, networks=["layers"])
     d = student(p.layers, None, p.cond, generator=torch.Generator().manual_seed(0))
     assert d["voxel"].item() == 0 and torch.isfinite(d["layer"])
 
@@ -114,16 +115,16 @@ def test_separate_runs_distill_and_generate_together(tmp_path, store):
         proc = run_group(train_cmd(config), timeout=300, env=clean_env(OMP_NUM_THREADS="1"))
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[net], stderr[net] = config, proc.stderr
-    done = {net: read_done(tmp_path / net) for net in runs}
-    assert done["layers"]["networks"] == ["layers"] and done["voxels"]["networks"] == ["voxels"]
+    done = {net: read_record(tmp_path / net) for net in runs}
+    assert done["layers"].networks == ("layers",) and done["voxels"].networks == ("voxels",)
     monitor = (tmp_path / "layers" / "logs" / "monitor.csv").read_text().splitlines()
     assert len(monitor) == 3 and "monitor step 6 (layer network): E_tot/E_inc" in stderr["layers"]
 
     # the network a run does not train keeps the initial weights (the same seed builds the same networks)
-    ema = {net: load_ema_weights(done[net]["ema"])[0] for net in runs}
+    ema = {net: load_ema_weights(done[net].ema)[0] for net in runs}
     torch.manual_seed(7)
     init_layer, init_voxel = build_models(ModelConfig(), load_geometry("ds2"))
-    assert all(torch.equal(v, init_voxel.state_dict()[k]) for k, v in ema["layers"]["voxel_unet"].items())
+    assert all(torch.equal(v, init_voxel.state_dict()[k]) for k, v in ema["layers"]["voxel_net"].items())
     assert all(torch.equal(v, init_layer.state_dict()[k]) for k, v in ema["voxels"]["layer_net"].items())
     assert not all(torch.equal(v, init_layer.state_dict()[k]) for k, v in ema["layers"]["layer_net"].items())
 
@@ -131,7 +132,7 @@ def test_separate_runs_distill_and_generate_together(tmp_path, store):
                       env=clean_env(OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     stage = tmp_path / "layers" / "distill" / "stage_1"
-    assert read_done(stage)["networks"] == ["layers"]
+    assert read_record(stage).networks == ("layers",)
 
     cpu = torch.device("cpu")
     with pytest.raises(ConfigError, match="trained the layer network alone"):
@@ -141,7 +142,7 @@ def test_separate_runs_distill_and_generate_together(tmp_path, store):
     with pytest.raises(ConfigError, match="did not train the layer network"):
         load_sampler(tmp_path / "voxels", cpu, layer_model_dir=tmp_path / "voxels")
     sampler = load_sampler(tmp_path / "voxels", cpu, layer_model_dir=stage)
-    assert sampler.layer_steps == 2 and sampler.steps == 4 and sampler.info["layer_model"]["stage"] == 1
+    assert sampler.layer.steps == 2 and sampler.voxel.steps == 4 and sampler.info["layer_model"]["stage"] == 1
     with pytest.raises(ConfigError, match="did not train the voxel network"):
         load_voxel_sampler(tmp_path / "layers", cpu)
     voxels_alone = load_voxel_sampler(tmp_path / "voxels", cpu)
@@ -168,9 +169,13 @@ def test_a_layer_model_must_share_geometry_statistics_and_schedule(tmp_path, mon
     def run(networks, geometry="ds2", shift=0.0, logsnr_max=20.0):
         other = {**stats, "log_energy": {**stats["log_energy"], "mean": np.asarray(stats["log_energy"]["mean"]) + shift}}
         c = load_config(write_config(tmp_path / "d.yaml", store, tmp_path / "run"), [f"diffusion.logsnr_max={logsnr_max}"])
-        return sampler_module._Run(tmp_path / "layers", {"networks": networks, "geometry": geometry}, c, {}, other)
+        return sampler_module._Run(tmp_path / "layers", record(c, networks, geometry), c, {}, other)
 
-    voxels = sampler_module._Run(tmp_path / "voxels", {"networks": ["voxels"], "geometry": "ds2"}, cfg, {}, stats)
+    def record(c, networks, geometry) -> RunRecord:
+        return dataclasses.replace(RunRecord.of_export(c, tmp_path, tmp_path / "ema", sample_steps=4),
+                                   networks=tuple(networks), geometry=geometry)
+
+    voxels = sampler_module._Run(tmp_path / "voxels", record(cfg, ["voxels"], "ds2"), cfg, {}, stats)
     for kwargs, message in (({"networks": ["voxels"]}, "did not train the layer network"),
                             ({"networks": ["layers"], "geometry": "ds3"}, "was trained on ds3"),
                             ({"networks": ["layers"], "shift": 0.1}, "standardises log_energy"),

@@ -10,16 +10,15 @@ import json
 import h5py
 import pytest
 import zarr
-from test_export import make_generated
+from train_runs import ONE_THREAD, latest_step, run_train, write_config
 
+from pipeline.data.run_record import read_record
 from pipeline.runtime.exit_codes import EXIT_STORAGE
 from pipeline.training.checkpoint import Checkpointer
 
-from conftest import run_module, tree_bytes, write_random_showers
-from test_train import latest_step, read_done, run_train, write_config
+from conftest import make_generated, run_module, tree_bytes, write_random_showers
 
 pytestmark = pytest.mark.slow
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def test_checkpoint_on_a_full_disk_keeps_the_previous_one_and_resumes(tmp_path, store, small_fs):
@@ -38,7 +37,7 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_one_and_resumes(tmp_path, 
     again = run_train(cfg, **ONE_THREAD)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from step_00000002" in again.stderr
-    assert read_done(run)["step"] == 4
+    assert read_record(run).step == 4
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, store):
@@ -52,7 +51,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, store):
     assert "zero_pp_rank_0_mp_rank_00_optim_states.pt does not match its checksum" in again.stderr
     assert "resuming from step_00000002, the newest intact checkpoint before step_00000004" in again.stderr
     assert "resumed from step_00000002 at step 2/6" in again.stderr
-    assert read_done(run)["step"] == 6
+    assert read_record(run).step == 6
     checkpoints = Checkpointer(run, 0, 1)
     assert checkpoints.candidates()[:2] == ["step_00000006", "step_00000004"]
     assert checkpoints.damaged("step_00000004") == []  # saved again on the way

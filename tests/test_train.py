@@ -1,137 +1,54 @@
 """pipeline.train: config checks, schedule, EMA, checkpoints, and real runs (one process and torchrun -n 2).
 
 Runs use the tiny preset on a small stand-in ds2 store (45 x 16 x 9 voxels) so that a training step takes
-a fraction of a second on CPU. Helpers here are also used by tests/test_distributed.py.
+a fraction of a second on CPU. The helpers that run it are in tests/train_runs.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
+from train_runs import (
+    ONE_THREAD,
+    assert_same_tensors,
+    clean_env,
+    final_weights,
+    latest_step,
+    metrics,
+    run_group,
+    run_train,
+    started,
+    wait_for,
+    write_config,
+)
 
-from pipeline.config import load_config
+from pipeline.config import ModelConfig, load_config
 from pipeline.config.loader import ConfigError
-from pipeline.data.run_layout import read_done
+from pipeline.data.run_record import read_record
 from pipeline.data.shower_store import StoreError
 from pipeline.data.stream import StreamError
-from pipeline.models.ema_weights import load_ema_weights
+from pipeline.diffusion import CosineSchedule
+from pipeline.models import build_models
+from pipeline.models.ema_weights import current_key, load_ema_weights, save_ema_weights
+from pipeline.physics.geometry import load_geometry
 from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_NONFINITE, EXIT_REQUEUE
 from pipeline.runtime.tensor_files import load_tensors, save_tensors
 from pipeline.runtime.time_limit import parse_duration
-from pipeline.training.checkpoint import LATEST, Checkpointer, CheckpointError, step_of, tag_for
+from pipeline.training.checkpoint import LATEST, Checkpointer, CheckpointError, tag_for
 from pipeline.training.ema import EMA, export_ema
 from pipeline.training.engine import lr_factor
+from pipeline.training.losses import DiffusionLoss
 from pipeline.training.metrics_log import comparable_rows
 from pipeline.training.train_command import preflight
 
 from conftest import REPO
-
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-LAUNCH_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "SUBMITIT_", "MPI_LOCAL", "HYDRA_")
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The test environment without any launcher's variables (tests may run inside a SLURM job)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in LAUNCH_VARIABLES and not k.startswith(LAUNCH_PREFIXES)}
-    env.update(extra)
-    return env
-
-
-def write_config(path: Path, store: Path, run_dir: Path, **train) -> Path:
-    """A tiny training config for ``store``; ``train`` overrides the train section."""
-    cfg = {
-        "run": {"dir": str(run_dir), "seed": 7},
-        "data": {"geometry": "ds2", "inputs": ["unused.hdf5"], "store": str(store), "batch_size": 4,
-                 "shuffle_chunks": 4, "num_workers": 1, "prefetch_chunks": 4},
-        "model": {"preset": "tiny"},
-        "train": {"max_steps": 10, "lr": 1e-3, "warmup_steps": 2, "checkpoint_every_steps": 2,
-                  "checkpoint_every_minutes": 0, "val_every_steps": 5, "val_batches": 2, "log_every_steps": 1,
-                  "ema_decay": 0.99, **train},
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def train_cmd(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.train", "--config", str(config), *args]
-
-
-def run_train(config: Path, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    return run_group(train_cmd(config, *args), timeout=timeout, env=clean_env(**env))
-
-
-def run_group(cmd: list[str], timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in its own session; on time-out kill the whole group (launchers leave workers behind)."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-@contextlib.contextmanager
-def started(config: Path, stderr=subprocess.DEVNULL, **env: str):
-    """A training process in the background, killed on exit if still running."""
-    proc = subprocess.Popen(train_cmd(config), cwd=REPO, env=clean_env(**env), stdout=subprocess.DEVNULL,
-                            stderr=stderr, text=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def metrics(run_dir: Path, kind: str = "train") -> list[dict[str, str]]:
-    with open(run_dir / "logs" / "metrics.csv", newline="") as f:
-        return [r for r in csv.DictReader(f) if r["kind"] == kind]
-
-
-def final_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(trained weights of the last checkpoint, EMA export) of a finished run, loaded weights-only."""
-    done = read_done(run_dir)
-    assert done is not None
-    model = torch.load(Path(done["checkpoint"]) / "mp_rank_00_model_states.pt", weights_only=True)["module"]
-    ema, _ = load_ema_weights(done["ema"])
-    return model, {f"{net}.{k}": v for net, sd in ema.items() for k, v in sd.items()}
-
-
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs"
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"training exited ({proc.returncode}) before the expected point"
-        assert time.time() < deadline, "timed out waiting for training"
-        time.sleep(0.02)
-
-
-def latest_step(run_dir: Path) -> int:
-    path = run_dir / "checkpoints" / LATEST
-    return step_of(path.read_text().strip()) if path.is_file() else -1
 
 
 # ------------------------------------------------------------------ fast tests
@@ -208,12 +125,29 @@ def test_ema_update_and_tensor_files(tmp_path, monkeypatch):
 
 def test_ema_export_roundtrip(tmp_path):
     pair = torch.nn.Module()
-    pair.layer_net, pair.voxel_unet = torch.nn.Linear(2, 2), torch.nn.Linear(3, 1)
+    pair.layer_net, pair.voxel_net = torch.nn.Linear(2, 2), torch.nn.Linear(3, 1)
     ema = EMA(pair, 0.99)
     path = export_ema(ema, tmp_path / "ema_step_00000001.safetensors", {"step": 1})
     parts, meta = load_ema_weights(path)
-    assert meta == {"step": 1} and set(parts) == {"layer_net", "voxel_unet"}
-    assert torch.equal(parts["voxel_unet"]["weight"], pair.voxel_unet.weight)
+    assert meta == {"step": 1} and set(parts) == {"layer_net", "voxel_net"}
+    assert torch.equal(parts["voxel_net"]["weight"], pair.voxel_net.weight)
+
+
+def test_weights_saved_under_the_old_voxel_name_still_load(tmp_path):
+    """Files written before ``voxel_unet`` became ``voxel_net``: EMA exports, checkpoints' state dicts."""
+    def loss() -> DiffusionLoss:
+        torch.manual_seed(0)
+        return DiffusionLoss(*build_models(ModelConfig(preset="tiny"), load_geometry("ds2")), CosineSchedule())
+
+    old = {k.replace("voxel_net.", "voxel_unet.", 1): v + 1 for k, v in loss().state_dict().items()}
+    assert any(k.startswith("voxel_unet.") for k in old)
+    fresh = loss()
+    fresh.load_state_dict(old)  # strict: every old key found its new name
+    assert all(torch.equal(fresh.state_dict()[current_key(k)], v) for k, v in old.items())
+    path = save_ema_weights(tmp_path / "old.safetensors", old, 1, {})
+    parts, _ = load_ema_weights(path)
+    assert set(parts) == {"layer_net", "voxel_net"}
+    fresh.voxel_net.load_state_dict(parts["voxel_net"])
 
 
 class _Payload:
@@ -267,12 +201,12 @@ def test_interrupted_runs_resume_bit_identically(tmp_path, store):
         _interrupt_and_resume(cfg, run)
         ref.wait(timeout=180)
     assert ref.returncode == 0, (tmp_path / "ref.log").read_text()[-4000:]
-    done = read_done(tmp_path / "ref")
-    assert done["step"] == 10 and done["world_size"] == 1 and done["launcher"] == "single"
-    assert Path(done["config"]).is_file() and Path(done["ema"]).is_file()
-    assert done["final_losses"]["val_ema_loss"] > 0
-    assert read_done(run)["weights_sha256"] == done["weights_sha256"]
-    assert read_done(run)["ema_sha256"] == done["ema_sha256"]
+    done = read_record(tmp_path / "ref")
+    assert done.step == 10 and done.world_size == 1 and done.launcher == "single"
+    assert Path(done.config).is_file() and Path(done.ema).is_file()
+    assert done.final_losses["val_ema_loss"] > 0
+    assert read_record(run).weights_sha256 == done.weights_sha256
+    assert read_record(run).ema_sha256 == done.ema_sha256
     for a, b in zip(final_weights(tmp_path / "ref"), final_weights(run)):
         assert_same_tensors(a, b)
     assert comparable_rows(run / "logs" / "metrics.csv") == comparable_rows(tmp_path / "ref" / "logs" / "metrics.csv")
@@ -349,9 +283,9 @@ def test_torchrun_two_ranks_zero2_agree_and_learn(tmp_path, store):
            "-m", "pipeline.train", "--config", str(cfg)]
     result = run_group(cmd, timeout=240, env=clean_env(OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-4000:]
-    done = read_done(run)
-    assert done["world_size"] == 2 and done["launcher"] == "torchrun" and done["ranks_agree"]
-    files = sorted(p.name for p in Path(done["checkpoint"]).iterdir())
+    done = read_record(run)
+    assert done.world_size == 2 and done.launcher == "torchrun" and done.ranks_agree
+    files = sorted(p.name for p in Path(done.checkpoint).iterdir())
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in files and "rank_1.safetensors" in files
     assert len(metrics(run)) == 16
     val = metrics(run, "val")  # steps 0, 8, 16 on fixed validation showers, times and noise

@@ -6,17 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_diffusion import stand_in_store
-from test_models import inputs
 
 from pipeline.config import ModelConfig
 from pipeline.data.stream import ShowerStream
-from pipeline.diffusion import CosineSchedule, distillation_losses, synthesize, training_losses
+from pipeline.diffusion import CosineSchedule, NetworkSampling, distillation_losses, synthesize, training_losses
 from pipeline.models import PRESETS, VoxelTransformer, build_models, count_parameters
 from pipeline.physics.geometry import load_geometry
 from pipeline.physics.preprocessing import Preprocessor
 
-from conftest import make_preprocessor, randomize_zero_init
+from conftest import inputs, make_preprocessor, randomize_zero_init, stand_in_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = PRESETS["tiny"].transformer
@@ -115,6 +113,6 @@ def test_every_backbone_and_prediction_trains_distills_and_samples(store, backbo
     distilled = distillation_losses(layer_net, voxel_net, layer_net, voxel_net, p.layers, p.voxels, p.cond, schedule,
                                     2, torch.Generator().manual_seed(1), prediction)
     assert all(torch.isfinite(v) for v in distilled.values())
-    showers = synthesize(torch.tensor([1e4, 1e5], dtype=torch.float64), [1, 2], layer_net, voxel_net,
-                         make_preprocessor("ds2")[0], 2, prediction=prediction)
+    showers = synthesize(torch.tensor([1e4, 1e5], dtype=torch.float64), [1, 2], NetworkSampling(layer_net, 2, prediction),
+                         NetworkSampling(voxel_net, 2, prediction), make_preprocessor("ds2")[0])
     assert showers.shape == (2, *store.geometry.shape) and torch.isfinite(showers).all() and (showers >= 0).all()

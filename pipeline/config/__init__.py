@@ -9,6 +9,7 @@ and YAML: importing the config never loads torch or zarr).
 from pipeline.config.launch_resources import LaunchConfig, StageResources
 from pipeline.config.loader import ConfigError, add_config_arguments, read_yaml, save, to_dict
 from pipeline.config.schema import (
+    RESOLVED_CONFIG,
     Config,
     DataConfig,
     DiffusionConfig,
@@ -27,4 +28,4 @@ from pipeline.config.schema import (
 __all__ = ["Config", "ConfigError", "DataConfig", "DiffusionConfig", "DistillConfig", "EvaluateConfig",
            "GenerateConfig", "LaunchConfig", "ModelConfig", "RunConfig", "StageResources", "StandinConfig",
            "StoreLayout", "TrainConfig", "add_config_arguments", "load_config", "read_yaml", "save",
-           "save_resolved", "to_dict"]
+           "save_resolved", "to_dict", "RESOLVED_CONFIG"]

@@ -335,8 +335,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     return loader.load(Config, path, overrides)
 
 
+RESOLVED_CONFIG = "config.yaml"  # the resolved config every stage writes into its run directory
+
+
 def save_resolved(cfg: Config, run_dir: str | Path | None = None) -> Path:
     """Write the resolved config to ``<run dir>/config.yaml`` and return its path."""
-    target = Path(run_dir or cfg.run.dir) / "config.yaml"
+    target = Path(run_dir or cfg.run.dir) / RESOLVED_CONFIG
     loader.save(cfg, target)
     return target

@@ -8,21 +8,18 @@
     <run.dir>/launch/              pipeline.launch: jobs.json, config.yaml, logs/
 
 Every stage writes its completion marker last and atomically, so ``pipeline.launch`` and the demo skip
-exactly the finished stages. ``DONE.json`` of a training run or distillation stage is written by
-:func:`write_done` and read by :func:`read_done` (distillation reads its teacher's, generation its model's).
+exactly the finished stages. ``DONE.json`` of a training run or distillation stage is a
+:class:`pipeline.data.run_record.RunRecord` (distillation reads its teacher's, generation its model's).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 from pipeline.config import Config, ConfigError
-from pipeline.runtime.files import atomic_write_json, utc_now
+from pipeline.data.run_record import DONE_FILE  # noqa: F401  (the marker of a finished run or stage)
 
-DONE_FILE = "DONE.json"  # training run or distillation stage finished
 REQUEUE_FILE = "REQUEUE"  # stopped early with a checkpoint: re-run to continue
 REPORT_FILE = "report.json"
 
@@ -91,24 +88,3 @@ def launch_dir(cfg: Config) -> Path:
 
 def evaluation_dir(cfg: Config) -> Path:
     return Path(cfg.evaluate.out) if cfg.evaluate.out else train_dir(cfg) / "evaluation"
-
-
-def read_done(run_dir: str | Path) -> dict[str, Any] | None:
-    """``DONE.json`` of a finished run, with ``ema``, ``config`` and ``checkpoint`` as absolute paths."""
-    path = Path(run_dir) / DONE_FILE
-    if not path.is_file():
-        return None
-    done = json.loads(path.read_text())
-    for key in ("ema", "config", "checkpoint"):
-        done[key] = str((Path(run_dir) / done[key]).resolve())
-    return done
-
-
-def write_done(cfg: Config, run_dir: Path, config_path: str | None, **fields: Any) -> Path:
-    """Write ``DONE.json`` atomically (paths inside the run directory are relative to it)."""
-    done = {"status": "done", "config": "config.yaml", "config_source": config_path,
-            "store": str(Path(cfg.data.store).resolve()), "geometry": cfg.data.geometry,
-            "preset": cfg.model.preset, "max_steps": cfg.train.max_steps,
-            "finished_at": utc_now(), **fields}
-    atomic_write_json(run_dir / DONE_FILE, done)
-    return run_dir / DONE_FILE

@@ -2,7 +2,7 @@
 
 A student with N DDIM steps learns to match two steps of its frozen teacher with 2N steps. Times are
 drawn from the student's grid ``t = k / N``, ``k = 1..N``; the noisy input is ``z_t = alpha_t x + sigma_t eps``
-for a data batch ``x``; the target is :func:`~pipeline.diffusion.sampler.distillation_target` in v form,
+for a data batch ``x``; the target is :func:`~pipeline.diffusion.ddim.distillation_target` in v form,
 so the loss is the same v-MSE as training (Salimans & Ho's "SNR + 1" weighting of the x error; with
 x-prediction the students and the teacher output x, and the loss is the floored version of
 :func:`~pipeline.diffusion.schedule.prediction_loss`).
@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from pipeline.diffusion.sampler import distillation_target
+from pipeline.diffusion.ddim import distillation_target
 from pipeline.diffusion.schedule import NETWORKS, CosineSchedule, Prediction, as_v, diffuse, prediction_loss
 
 

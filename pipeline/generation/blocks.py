@@ -48,8 +48,8 @@ def auto_batch_size(sampler: Sampler, device: torch.device, precision: str, shar
     are not per-shower memory)."""
     if device.type != "cuda":
         return largest_divisor(shard_rows, CPU_BATCH)
-    plain = replace(sampler, layer_net=getattr(sampler.layer_net, "_orig_mod", sampler.layer_net),
-                    voxel_unet=getattr(sampler.voxel_unet, "_orig_mod", sampler.voxel_unet))
+    plain = replace(sampler, **{name: replace(spec, model=getattr(spec.model, "_orig_mod", spec.model))
+                                for name, spec in (("layer", sampler.layer), ("voxel", sampler.voxel))})
 
     def peak(b: int) -> int:
         torch.cuda.empty_cache()

@@ -9,7 +9,7 @@ schedule and the standardisation of the layer energies and incident energy (the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, ConfigError, load_config
-from pipeline.data import run_layout
+from pipeline.data.run_record import DONE_FILE, RunRecord, read_record
 from pipeline.data.shower_store import ShowerStore, StoreError
-from pipeline.diffusion import NETWORKS, CosineSchedule, Prediction, shower_seed, synthesize, synthesize_layers
-from pipeline.models import build_layer_net, build_models
+from pipeline.diffusion import CosineSchedule, NetworkSampling, shower_seed, synthesize, synthesize_layers
+from pipeline.models import build_layer_net, build_models, use_channels_last
 from pipeline.models.ema_weights import load_ema_weights
 from pipeline.physics.geometry import Geometry, load_geometry
 from pipeline.physics.preprocessing import Preprocessor
@@ -30,48 +30,55 @@ LAYER_STATS = ("log_energy", "logit_layer_fraction")  # what the layer network's
 
 @dataclass
 class Sampler:
-    """A finished run's EMA networks, preprocessing and step count, ready to generate (the layer network may
-    come from another run: ``layer_steps`` and ``layer_prediction`` are then its own)."""
+    """A finished run's EMA networks, each with how it is sampled (the layer network may come from another run,
+    with its own steps and prediction), the preprocessing, ready to generate."""
 
-    layer_net: torch.nn.Module
-    voxel_unet: torch.nn.Module  # the voxel network, U-Net or transformer
+    layer: NetworkSampling
+    voxel: NetworkSampling  # the voxel network, U-Net or transformer
     preprocessor: Preprocessor
     schedule: CosineSchedule
-    steps: int
     eta: float
     geometry: Geometry
     info: dict[str, Any]
-    prediction: Prediction = "v"
-    layer_steps: int | None = None  # default: steps
-    layer_prediction: Prediction | None = None  # default: prediction
-    clip: bool = False  # generate.clip_x
     threshold_fractions: bool = False  # generate.threshold_fractions
 
+    @property
+    def steps(self) -> int:
+        """The voxel network's DDIM steps: those of the sample."""
+        return self.voxel.steps
+
+    def with_steps(self, steps: int) -> Sampler:
+        """The same networks, both sampled with ``steps`` DDIM steps."""
+        return replace(self, layer=replace(self.layer, steps=steps), voxel=replace(self.voxel, steps=steps))
+
     def __call__(self, energies: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        return synthesize(energies, seeds, self.layer_net, self.voxel_unet, self.preprocessor, self.steps,
-                          schedule=self.schedule, eta=self.eta, prediction=self.prediction, layer_steps=self.layer_steps,
-                          layer_prediction=self.layer_prediction, clip=self.clip,
-                          threshold_fractions=self.threshold_fractions)
+        return synthesize(energies, seeds, self.layer, self.voxel, self.preprocessor, schedule=self.schedule,
+                          eta=self.eta, threshold_fractions=self.threshold_fractions)
 
 
 @dataclass
 class _Run:
-    """A finished run's DONE.json, config, EMA weights and preprocessing statistics."""
+    """A finished run's record (DONE.json), config, EMA weights and preprocessing statistics."""
 
     dir: Path
-    done: dict[str, Any]
+    record: RunRecord
     cfg: Config
     parts: dict[str, dict[str, torch.Tensor]]
     stats: dict[str, Any]
 
     @property
     def networks(self) -> list[str]:
-        return list(self.done.get("networks", NETWORKS))
+        return list(self.record.networks)
 
     @property
     def steps(self) -> int:
         """The DDIM steps of this run or stage."""
-        return int(self.done.get("sample_steps", self.cfg.diffusion.sample_steps))
+        return self.record.sample_steps
+
+    def summary(self) -> dict[str, Any]:
+        """What a sample's metadata records of the run it came from."""
+        return {"model_dir": str(self.dir.resolve()), "stage": self.record.stage, "sample_steps": self.steps,
+                "ema_sha256": self.record.ema_sha256}
 
     def layer_net(self, geometry: Geometry) -> torch.nn.Module:
         """Its EMA layer-energy network (on the CPU, in training mode)."""
@@ -81,12 +88,12 @@ class _Run:
 
 
 def _read_run(model_dir: Path, device: torch.device, key: str) -> _Run:
-    done = run_layout.read_done(model_dir)
-    if done is None:
-        raise ConfigError(f"{key}: {model_dir} has no {run_layout.DONE_FILE}: the training or distillation "
+    record = read_record(model_dir)
+    if record is None:
+        raise ConfigError(f"{key}: {model_dir} has no {DONE_FILE}: the training or distillation "
                           f"stage has not finished there")
-    parts, meta = load_ema_weights(done["ema"], device)
-    store_path = Path(done["store"])
+    parts, meta = load_ema_weights(record.ema, device)
+    store_path = Path(record.store)
     stats = meta.get("preprocessing_stats")
     if stats is None:  # exports without the statistics: read them from the training store
         try:
@@ -94,7 +101,7 @@ def _read_run(model_dir: Path, device: torch.device, key: str) -> _Run:
         except StoreError as err:
             raise ConfigError(f"{key}: the preprocessing statistics come from the training store "
                               f"{store_path}, which cannot be read: {err}") from None
-    return _Run(model_dir, done, load_config(done["config"]), parts, stats)
+    return _Run(model_dir, record, load_config(record.config), parts, stats)
 
 
 def _layer_run(voxel_run: _Run, layer_model_dir: Path | None, device: torch.device) -> _Run:
@@ -108,9 +115,9 @@ def _layer_run(voxel_run: _Run, layer_model_dir: Path | None, device: torch.devi
     if "layers" not in run.networks:
         raise ConfigError(f"generate.layer_model: {layer_model_dir} did not train the layer network "
                           f"(train.networks {run.networks})")
-    if run.done["geometry"] != voxel_run.done["geometry"]:
-        raise ConfigError(f"generate.layer_model: {layer_model_dir} was trained on {run.done['geometry']}, "
-                          f"generate.model {voxel_run.dir} on {voxel_run.done['geometry']}")
+    if run.record.geometry != voxel_run.record.geometry:
+        raise ConfigError(f"generate.layer_model: {layer_model_dir} was trained on {run.record.geometry}, "
+                          f"generate.model {voxel_run.dir} on {voxel_run.record.geometry}")
     for name in LAYER_STATS:
         if not all(np.allclose(run.stats[name][k], voxel_run.stats[name][k], rtol=1e-6) for k in ("mean", "std")):
             raise ConfigError(f"generate.layer_model: {layer_model_dir} standardises {name} unlike generate.model "
@@ -136,33 +143,27 @@ def load_sampler(model_dir: Path, device: torch.device, *, compile: bool = False
                           f"{run.networks}); set generate.model to a voxel network's run and generate.layer_model to "
                           f"this one")
     layer_run = _layer_run(run, layer_model_dir, device)
-    cfg, done = run.cfg, run.done
-    geometry = load_geometry(done["geometry"])
-    _, unet = build_models(cfg.model, geometry)
+    cfg = run.cfg
+    geometry = load_geometry(run.record.geometry)
+    _, voxel_net = build_models(cfg.model, geometry)
     layer_net = layer_run.layer_net(geometry)
-    unet.load_state_dict(run.parts["voxel_unet"])
-    layer_net, unet = layer_net.to(device).eval(), unet.to(device).eval()
-    if channels_last:
-        unet.use_channels_last()
+    voxel_net.load_state_dict(run.parts["voxel_net"])
+    layer_net, voxel_net = layer_net.to(device).eval(), voxel_net.to(device).eval()
+    use_channels_last(voxel_net, channels_last)
     if compile:
         layer_net = torch.compile(layer_net, dynamic=False, mode=compile_mode)
-        unet = torch.compile(unet, dynamic=False, mode=compile_mode)
-    info = {"model_dir": str(model_dir.resolve()), "stage": done.get("stage", 0), "sample_steps": steps or run.steps,
-            "ema": done["ema"], "ema_sha256": done.get("ema_sha256"), "preset": cfg.model.preset,
-            "backbone": cfg.model.backbone, "prediction": cfg.diffusion.prediction, "training_store": done["store"],
-            **({"model_sample_steps": run.steps} if steps and steps != run.steps else {})}
-    layer_steps = layer_prediction = None
+        voxel_net = torch.compile(voxel_net, dynamic=False, mode=compile_mode)
+    voxel = NetworkSampling(voxel_net, steps or run.steps, cfg.diffusion.prediction, clip_x)
+    layer = replace(voxel, model=layer_net)  # the same run's layer network samples like its voxel network
+    info = {**run.summary(), "sample_steps": voxel.steps, "ema": str(run.record.ema),
+            "preset": cfg.model.preset, "backbone": cfg.model.backbone, "prediction": cfg.diffusion.prediction,
+            "training_store": run.record.store, **({"model_sample_steps": run.steps} if steps and steps != run.steps else {})}
     if layer_run is not run:
-        layer_done = layer_run.done
-        layer_steps = layer_run.steps
-        layer_prediction = layer_run.cfg.diffusion.prediction
-        info["layer_model"] = {"model_dir": str(layer_run.dir.resolve()), "stage": layer_done.get("stage", 0),
-                               "sample_steps": layer_steps, "ema": layer_done["ema"],
-                               "ema_sha256": layer_done.get("ema_sha256"), "preset": layer_run.cfg.model.preset,
-                               "prediction": layer_prediction}
-    return Sampler(layer_net, unet, Preprocessor(run.stats, geometry).to(device),
-                   CosineSchedule.from_config(cfg.diffusion), int(info["sample_steps"]), cfg.diffusion.eta,
-                   geometry, info, cfg.diffusion.prediction, layer_steps, layer_prediction, clip_x, threshold_fractions)
+        layer = NetworkSampling(layer_net, layer_run.steps, layer_run.cfg.diffusion.prediction, clip_x)
+        info["layer_model"] = {**layer_run.summary(), "ema": str(layer_run.record.ema),
+                               "preset": layer_run.cfg.model.preset, "prediction": layer.prediction}
+    return Sampler(layer, voxel, Preprocessor(run.stats, geometry).to(device), CosineSchedule.from_config(cfg.diffusion),
+                   cfg.diffusion.eta, geometry, info, threshold_fractions)
 
 
 @dataclass
@@ -170,18 +171,14 @@ class LayerSampler:
     """A finished run's EMA layer-energy network alone: ``__call__(energies, seeds)`` -> layer energies (B, L) MeV,
     layers below the readout threshold set to 0 (:func:`pipeline.diffusion.synthesize_layers`)."""
 
-    layer_net: torch.nn.Module
+    layer: NetworkSampling
     preprocessor: Preprocessor
     schedule: CosineSchedule
-    steps: int
     geometry: Geometry
-    prediction: Prediction
     info: dict[str, Any]
-    clip: bool = False  # generate.clip_x
 
     def __call__(self, energies: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        return synthesize_layers(energies, seeds, self.layer_net, self.preprocessor, self.steps,
-                                 schedule=self.schedule, prediction=self.prediction, clip=self.clip)
+        return synthesize_layers(energies, seeds, self.layer, self.preprocessor, schedule=self.schedule)
 
     def sample(self, energies: np.ndarray, seed: int, batch: int = 4096) -> np.ndarray:
         """Layer energies (N, L) float64 for incident ``energies`` (N,) MeV; entry i from ``shower_seed(seed, i)``."""
@@ -198,12 +195,10 @@ def load_layer_sampler(model_dir: Path, device: torch.device, clip_x: bool = Fal
     run = _read_run(model_dir, device, "model")
     if "layers" not in run.networks:
         raise ConfigError(f"{model_dir} did not train the layer network (train.networks {run.networks})")
-    geometry = load_geometry(run.done["geometry"])
-    info = {"model_dir": str(model_dir.resolve()), "stage": run.done.get("stage", 0), "sample_steps": run.steps,
-            "ema_sha256": run.done.get("ema_sha256")}
-    return LayerSampler(run.layer_net(geometry).to(device).eval(), Preprocessor(run.stats, geometry).to(device),
-                        CosineSchedule.from_config(run.cfg.diffusion), run.steps, geometry, run.cfg.diffusion.prediction,
-                        info, clip_x)
+    geometry = load_geometry(run.record.geometry)
+    layer = NetworkSampling(run.layer_net(geometry).to(device).eval(), run.steps, run.cfg.diffusion.prediction, clip_x)
+    return LayerSampler(layer, Preprocessor(run.stats, geometry).to(device), CosineSchedule.from_config(run.cfg.diffusion),
+                        geometry, run.summary())
 
 
 @dataclass
@@ -213,15 +208,12 @@ class VoxelSampler:
     ones (before the threshold). Evaluates the voxel network without the layer network's errors, as the monitor
     of a voxels-only run does."""
 
-    voxel_net: torch.nn.Module
+    voxel: NetworkSampling
     preprocessor: Preprocessor
     schedule: CosineSchedule
-    steps: int
     eta: float
     geometry: Geometry
-    prediction: Prediction
     info: dict[str, Any]
-    clip: bool = False  # generate.clip_x
     threshold_fractions: bool = False  # generate.threshold_fractions
 
     def __call__(self, energies: torch.Tensor, seeds: Sequence[int], layer_energies: torch.Tensor,
@@ -229,9 +221,8 @@ class VoxelSampler:
         device = self.preprocessor.layer_mean.device
         energies = energies.to(device)
         layers = self.preprocessor.from_layer_energies(layer_energies.to(device, torch.float32), energies).layers
-        return synthesize(energies, seeds, None, self.voxel_net, self.preprocessor, self.steps, schedule=self.schedule,
-                          eta=self.eta, threshold=threshold, prediction=self.prediction, layers=layers,
-                          clip=self.clip, threshold_fractions=self.threshold_fractions)
+        return synthesize(energies, seeds, None, self.voxel, self.preprocessor, schedule=self.schedule, eta=self.eta,
+                          threshold=threshold, threshold_fractions=self.threshold_fractions, layers=layers)
 
 
 def load_voxel_sampler(model_dir: Path, device: torch.device, clip_x: bool = False,
@@ -240,11 +231,9 @@ def load_voxel_sampler(model_dir: Path, device: torch.device, clip_x: bool = Fal
     run = _read_run(model_dir, device, "model")
     if "voxels" not in run.networks:
         raise ConfigError(f"{model_dir} did not train the voxel network (train.networks {run.networks})")
-    geometry = load_geometry(run.done["geometry"])
+    geometry = load_geometry(run.record.geometry)
     _, net = build_models(run.cfg.model, geometry)
-    net.load_state_dict(run.parts["voxel_unet"])
-    info = {"model_dir": str(model_dir.resolve()), "stage": run.done.get("stage", 0), "sample_steps": run.steps,
-            "ema_sha256": run.done.get("ema_sha256")}
-    return VoxelSampler(net.to(device).eval(), Preprocessor(run.stats, geometry).to(device),
-                        CosineSchedule.from_config(run.cfg.diffusion), run.steps, run.cfg.diffusion.eta, geometry,
-                        run.cfg.diffusion.prediction, info, clip_x, threshold_fractions)
+    net.load_state_dict(run.parts["voxel_net"])
+    voxel = NetworkSampling(net.to(device).eval(), run.steps, run.cfg.diffusion.prediction, clip_x)
+    return VoxelSampler(voxel, Preprocessor(run.stats, geometry).to(device), CosineSchedule.from_config(run.cfg.diffusion),
+                        run.cfg.diffusion.eta, geometry, run.summary(), threshold_fractions)

@@ -18,7 +18,7 @@ from pipeline.models.unet import VoxelUNet
 from pipeline.physics.geometry import Geometry
 
 __all__ = ["LayerEnergyNet", "VoxelUNet", "VoxelTransformer", "VoxelNet", "PRESETS", "PATCHES", "Preset", "UNetSpec",
-           "LayerNetSpec", "TransformerSpec", "build_layer_net", "build_models", "count_parameters"]
+           "LayerNetSpec", "TransformerSpec", "build_layer_net", "build_models", "count_parameters", "use_channels_last"]
 
 VoxelNet = VoxelUNet | VoxelTransformer
 
@@ -49,6 +49,14 @@ def build_layer_net(cfg: ModelConfig, geometry: Geometry) -> LayerEnergyNet:
     spec = PRESETS[cfg.preset].layer_net
     return LayerEnergyNet(geometry.n_layers, spec, dropout=cfg.dropout, fp32=cfg.fp32_first_last,
                           energy_max_freq=cfg.energy_max_freq)
+
+
+def use_channels_last(voxel_net: VoxelNet, enabled: bool = True) -> VoxelNet:
+    """Run a U-Net's convolutions on channels_last_3d activations (``train.channels_last``,
+    ``generate.channels_last``); a transformer has no convolutions and is returned unchanged."""
+    if isinstance(voxel_net, VoxelUNet):
+        voxel_net.use_channels_last(enabled)
+    return voxel_net
 
 
 def count_parameters(model: nn.Module) -> int:

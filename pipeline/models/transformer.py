@@ -71,10 +71,6 @@ class VoxelTransformer(nn.Module):
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.out_modulation = zero_init(nn.Linear(emb_dim, 2 * width))
         self.out = zero_init(nn.Linear(width, pL * pA * pR))
-        self.channels_last = False  # the U-Net's switch; nothing to do for tokens
-
-    def use_channels_last(self, enabled: bool = True) -> "VoxelTransformer":
-        return self
 
     def _tokens(self, x: Tensor, layers: Tensor) -> Tensor:
         b, (L, _, R), (pL, _, pR) = x.shape[0], self.shape, self.patch

@@ -1,4 +1,5 @@
-"""The voxel network: a 3D U-Net over (layer, angle, radius), predicting v for the voxel diffusion.
+"""The voxel network as a 3D U-Net over (layer, angle, radius): it outputs the voxel diffusion's prediction
+target (``diffusion.prediction``: v, or the clean sample x; the network does not know which).
 
 Inputs per shower: the noisy voxels ``x`` (L, A, R), diffusion time ``t``, standardised log incident
 energy ``cond`` and the (preprocessed) layer energies ``layers`` (L,). The network sees four input

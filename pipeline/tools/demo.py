@@ -25,6 +25,7 @@ from data_tools.standin import prepare_standins
 from pipeline.config import Config, ConfigError, add_config_arguments, load_config
 from pipeline.data import run_layout
 from pipeline.data.calochallenge_hdf5 import InputError
+from pipeline.data.run_record import read_record
 from pipeline.data.shower_store import StoreError
 from pipeline.data.stream import ShowerStream
 from pipeline.launch.plan import Stage, chain
@@ -60,10 +61,11 @@ def summary(cfg: Config) -> list[str]:
     """What each finished stage produced, in a few lines."""
     lines = []
     for k in range(run_layout.n_stages(cfg) + 1):
-        done = json.loads((run_layout.distill_dir(cfg, k) / run_layout.DONE_FILE).read_text())
+        done = read_record(run_layout.distill_dir(cfg, k))
+        assert done is not None, "summary() runs after every stage finished"
         what = "trained" if k == 0 else f"distilled (stage {k})"
-        lines.append(f"{what}: {done['sample_steps']} sampling steps, {done['step']} optimiser steps, final loss "
-                     f"{done['final_losses'].get('train_loss', float('nan')):.4f} -> {run_layout.distill_dir(cfg, k)}")
+        lines.append(f"{what}: {done.sample_steps} sampling steps, {done.step} optimiser steps, final loss "
+                     f"{done.final_losses.get('train_loss', float('nan')):.4f} -> {run_layout.distill_dir(cfg, k)}")
     sample = run_layout.sample_path(cfg)
     manifest = json.loads(run_layout.sample_manifest(sample).read_text())
     lines.append(f"generated: {manifest['n']} showers with the {manifest['sample_steps']}-step model, "

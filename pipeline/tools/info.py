@@ -33,18 +33,18 @@ def forward_flops(model: nn.Module, *inputs: torch.Tensor) -> int:
 
 
 def model_info(cfg: Config) -> dict[str, dict[str, int]]:
-    """``{"layer_net": {"parameters", "flops"}, "voxel_unet": {...}}`` per shower per evaluation (``voxel_unet``
+    """``{"layer_net": {"parameters", "flops"}, "voxel_net": {...}}`` per shower per evaluation (``voxel_net``
     is the voxel network of either backbone, named as in the weights files)."""
     geometry = load_geometry(cfg.data.geometry)
     with torch.device("meta"):
-        layer_net, unet = build_models(cfg.model, geometry)
+        layer_net, voxel_net = build_models(cfg.model, geometry)
         layer_net.eval()
-        unet.eval()
+        voxel_net.eval()
         L = geometry.shape[0]
         x, t, cond, layers = torch.zeros(1, *geometry.shape), torch.zeros(1), torch.zeros(1), torch.zeros(1, L)
         return {
             "layer_net": {"parameters": count_parameters(layer_net), "flops": forward_flops(layer_net, layers, t, cond)},
-            "voxel_unet": {"parameters": count_parameters(unet), "flops": forward_flops(unet, x, t, cond, layers)},
+            "voxel_net": {"parameters": count_parameters(voxel_net), "flops": forward_flops(voxel_net, x, t, cond, layers)},
         }
 
 

@@ -8,7 +8,7 @@ and its EMA from the teacher's EMA weights and trains it with :func:`pipeline.di
 (Salimans & Ho: one student step matches two teacher steps) using the training engine, so checkpoints,
 resume, preemption, exit codes and the run directory are exactly those of ``pipeline.train``. The
 stage runs in ``<run.dir>/distill/stage_<k>/`` with the ``distill`` section's steps, learning rate,
-warm-up and EMA decay; its ``DONE.json`` adds ``stage``, ``sample_steps``, ``teacher`` and ``teacher_ema``.
+warm-up and EMA decay; its ``DONE.json`` (:class:`~pipeline.data.run_record.RunRecord`) names its ``stage`` and ``teacher``.
 The number of stages follows from ``diffusion.sample_steps`` and ``distill.final_steps``.
 """
 
@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from pipeline.config import Config, ConfigError, add_config_arguments
 from pipeline.data import run_layout
-from pipeline.data.run_layout import read_done
+from pipeline.data.run_record import RunRecord, read_record
 from pipeline.runtime.seeds import seed_for
 from pipeline.runtime.time_limit import COMMAND_STARTED
 from pipeline.training.initial_weights import Teacher
+from pipeline.training.results import TrainResult
 from pipeline.training.train_command import run_command, train
-from pipeline.training.trainer import TrainResult
 
 _STAGE_SEED = 11  # seed purpose: each stage's noise differs from training's and from the other stages'
 
@@ -45,17 +44,17 @@ def stage_config(cfg: Config, stage: int) -> Config:
         diffusion=dataclasses.replace(cfg.diffusion, sample_steps=steps), train=train_cfg)
 
 
-def teacher_of(cfg: Config, stage: int) -> dict[str, Any]:
-    """``DONE.json`` of stage ``stage - 1`` (absolute paths); raises if it has not finished."""
+def teacher_of(cfg: Config, stage: int) -> RunRecord:
+    """The record of stage ``stage - 1``; raises if it has not finished."""
     previous = run_layout.distill_dir(cfg, stage - 1)
-    done = read_done(previous)
+    done = read_record(previous)
     if done is None:
         how = "python -m pipeline.train" if stage == 1 else f"python -m pipeline.distill --stage {stage - 1}"
         raise ConfigError(f"--stage {stage}: its teacher (stage {stage - 1}) has not finished: no "
                           f"{run_layout.DONE_FILE} in {previous}; run `{how}` with this config first")
     expected = run_layout.stage_steps(cfg, stage - 1)
-    if done.get("sample_steps", expected) != expected:
-        raise ConfigError(f"--stage {stage}: the teacher in {previous} samples with {done['sample_steps']} steps, but "
+    if done.sample_steps != expected:
+        raise ConfigError(f"--stage {stage}: the teacher in {previous} samples with {done.sample_steps} steps, but "
                           f"this config's stage {stage - 1} has {expected} (diffusion.sample_steps changed?)")
     return done
 
@@ -65,10 +64,8 @@ def distill(cfg: Config, stage: int, *, config_path: str | None = None, time_lim
     """Run (or resume, or confirm done) distillation stage ``stage`` of the run ``cfg.run.dir``."""
     stage_cfg = stage_config(cfg, stage)
     done = teacher_of(cfg, stage)
-    teacher = Teacher(Path(done["ema"]), stage_cfg.diffusion.sample_steps, {
-        "stage": stage, "teacher": str(run_layout.distill_dir(cfg, stage - 1).resolve()),
-        "teacher_steps": done.get("sample_steps", cfg.diffusion.sample_steps >> (stage - 1)),
-        "teacher_ema_sha256": done.get("ema_sha256")})
+    teacher = Teacher(done.ema, stage_cfg.diffusion.sample_steps, stage,
+                      run_layout.distill_dir(cfg, stage - 1).resolve(), done.sample_steps, done.ema_sha256)
     return train(stage_cfg, config_path=config_path, time_limit=time_limit, started=started, teacher=teacher)
 
 

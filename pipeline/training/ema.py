@@ -57,5 +57,5 @@ class EMA:
 
 
 def export_ema(ema: EMA, path: str | Path, metadata: Mapping[str, object]) -> Path:
-    """Write the EMA weights on their own (keys ``layer_net.*``, ``voxel_unet.*``) with JSON metadata."""
+    """Write the EMA weights on their own (keys ``layer_net.*``, ``voxel_net.*``) with JSON metadata."""
     return save_ema_weights(path, ema.state_dict(), ema.updates, metadata)

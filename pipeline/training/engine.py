@@ -1,5 +1,5 @@
 """The DeepSpeed engine of training: one engine and one optimiser over both networks
-(:class:`pipeline.training.pairs.DiffusionPair`), AdamW, warm-up + cosine schedule.
+(:class:`pipeline.training.losses.DiffusionLoss`), AdamW, warm-up + cosine schedule.
 
 - The optimiser is a client ``torch.optim.AdamW`` (its fused CUDA kernel on GPUs, ``train.fused_optimizer``;
   no DeepSpeed op compilation), weight decay on matrices and convolution kernels only; ZeRO stage 1 or 2
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import Config, TrainConfig
-from pipeline.training.pairs import DiffusionPair
+from pipeline.training.losses import DiffusionLoss
 
 
 def lr_factor(step: int, t: TrainConfig) -> float:
@@ -76,7 +76,7 @@ def engine_args(device: torch.device) -> SimpleNamespace | None:
     return SimpleNamespace(device_rank=device.index) if device.type == "cuda" else None
 
 
-def build_engine(cfg: Config, model: DiffusionPair, world_size: int, device: torch.device) -> Any:
+def build_engine(cfg: Config, model: DiffusionLoss, world_size: int, device: torch.device) -> Any:
     """A DeepSpeed engine with AdamW and the warm-up/cosine schedule; the process group must exist."""
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR

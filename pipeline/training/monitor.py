@@ -32,6 +32,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -40,7 +41,7 @@ import torch
 from pipeline.config import Config
 from pipeline.data.samples import ArraySample
 from pipeline.data.shower_store import ShowerStore
-from pipeline.diffusion import CosineSchedule, shower_seed, synthesize, synthesize_layers
+from pipeline.diffusion import CosineSchedule, NetworkSampling, shower_seed, synthesize, synthesize_layers
 from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, classifier_test
 from pipeline.evaluation.layer_fidelity import compare_layer_energies
 from pipeline.evaluation.observables import FAMILIES, SampleObservables, compute_observables
@@ -126,17 +127,19 @@ class FidelityMonitor:
         seeds = [shower_seed(MONITOR_SEED, int(i)) for i in self.mine]
         width = self.geometry.n_layers if self.layers_only else self.geometry.n_voxels
         mine = np.zeros((0, width), np.float32)
-        kwargs = {"schedule": self.schedule, "eta": self.eta, "prediction": model.prediction, "clip": self.clip}
+        layer = NetworkSampling(model.layer_net, steps, model.prediction, self.clip)
+        voxel = replace(layer, model=model.voxel_net)
         parts = [mine]
         for a in range(0, len(seeds), self.batch):  # the share in batches: 2048 large-model showers do not fit at once
             b = a + self.batch
             with autocast(self.precision, self.device):
                 if self.layers_only:
-                    out_t = synthesize_layers(energies[a:b], seeds[a:b], model.layer_net, self.pre, steps, **kwargs)
+                    out_t = synthesize_layers(energies[a:b], seeds[a:b], layer, self.pre, schedule=self.schedule,
+                                              eta=self.eta)
                 else:
                     given = self.given_layers[a:b] if self.given_layers is not None else None
-                    out_t = synthesize(energies[a:b], seeds[a:b], model.layer_net, model.voxel_unet, self.pre, steps,
-                                       layers=given, threshold_fractions=self.threshold_fractions, **kwargs)
+                    out_t = synthesize(energies[a:b], seeds[a:b], layer, voxel, self.pre, schedule=self.schedule,
+                                       eta=self.eta, threshold_fractions=self.threshold_fractions, layers=given)
             parts.append(out_t.float().cpu().numpy().reshape(len(seeds[a:b]), -1))
         mine = np.concatenate(parts)
         ms = 1e3 * (time.perf_counter() - t0) / max(len(seeds), 1)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.config import Config, ConfigError, add_config_arguments, load_config
-from pipeline.data.run_layout import DONE_FILE, read_done
+from pipeline.data.run_record import DONE_FILE, read_record
 from pipeline.data.shower_store import ShowerStore, StoreError
 from pipeline.data.stream import ShowerStream, StreamError
 from pipeline.runtime import distributed
@@ -42,7 +42,8 @@ from pipeline.runtime.signals import StopSignals
 from pipeline.runtime.time_limit import COMMAND_STARTED, parse_duration
 from pipeline.training.checkpoint import CheckpointError, check_resumable, resolve_init_from
 from pipeline.training.initial_weights import Teacher
-from pipeline.training.trainer import Trainer, TrainResult
+from pipeline.training.results import TrainResult
+from pipeline.training.trainer import Trainer
 
 
 def preflight(cfg: Config, world_size: int) -> ShowerStore:
@@ -73,11 +74,11 @@ def train(cfg: Config, *, config_path: str | None = None, time_limit: float | No
     """
     started = time.monotonic() if started is None else started
     env = env or discover()
-    done = read_done(cfg.run.dir)
-    if done is not None and done["step"] >= cfg.train.max_steps:
+    done = read_record(cfg.run.dir)
+    if done is not None and done.step >= cfg.train.max_steps:
         if env.is_main:
-            print(f"train: {cfg.run.dir} is already complete ({done['step']} steps; {DONE_FILE})", file=sys.stderr)
-        return TrainResult("done", done["step"], Path(cfg.run.dir), "already complete")
+            print(f"train: {cfg.run.dir} is already complete ({done.step} steps; {DONE_FILE})", file=sys.stderr)
+        return TrainResult("done", done.step, Path(cfg.run.dir), "already complete")
     store = preflight(cfg, env.world_size)
     with StopSignals() as signals:  # from here on SIGUSR1/SIGTERM mean: checkpoint at the next step, exit 75
         distributed.init_distributed(env, timeout=timedelta(minutes=cfg.train.collective_timeout_minutes))

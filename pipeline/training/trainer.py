@@ -1,12 +1,13 @@
 """The training loop behind :func:`pipeline.training.train_command.train` (one instance per rank, process
 group started).
 
-Per optimiser step: ``grad_accum`` micro-batches (preprocess, forward under autocast, backward), one
-all-reduce of ``[loss, layer, voxel, signal, checkpoint-due, time-limit-due]`` so that every rank takes the
-same decisions (a non-finite sum stops the run before the update is applied), the DeepSpeed step, the
-EMA update, then logging, validation and checkpoints as due. That all-reduce is the step's only wait for
-the host: losses are summed on the device, the EMA is one fused update, the gradient norm is read only
-when a log row is written.
+:meth:`Trainer.train_step` is one optimiser step: ``grad_accum`` micro-batches (preprocess, forward under
+autocast, backward), one all-reduce of the losses and the stop flags (signal, checkpoint due, time limit) so
+that every rank takes the same decisions (a non-finite loss stops the run before the update is applied),
+the DeepSpeed step and the EMA update; it returns a :class:`StepResult`. The loop around it
+(:meth:`Trainer._loop`) logs, validates, runs the fidelity monitor and checkpoints as due. That all-reduce is
+the step's only wait for the host: losses are summed on the device, the EMA is one fused update, the
+gradient norm is read only when a log row is written.
 """
 
 from __future__ import annotations
@@ -14,22 +15,21 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
-from pipeline.config import Config, save_resolved, to_dict
-from pipeline.data.run_layout import DONE_FILE, REQUEUE_FILE, write_done
+from pipeline.config import RESOLVED_CONFIG, Config, save_resolved, to_dict
+from pipeline.data.run_layout import REQUEUE_FILE
+from pipeline.data.run_record import DONE_FILE, RunRecord
 from pipeline.data.shower_store import ShowerStore
 from pipeline.data.stream import ShowerStream
 from pipeline.diffusion import CosineSchedule
-from pipeline.models import build_models
+from pipeline.models import build_models, use_channels_last
 from pipeline.physics.preprocessing import Preprocessed, Preprocessor
 from pipeline.runtime.distributed import DistEnv, decided_on_main
-from pipeline.runtime.exit_codes import EXIT_DONE, EXIT_NONFINITE, EXIT_REQUEUE
 from pipeline.runtime.files import atomic_write_json, utc_now
 from pipeline.runtime.precision import autocast, resolve_precision
 from pipeline.runtime.seeds import seed_for
@@ -39,26 +39,14 @@ from pipeline.training.checkpoint import Checkpointer, tag_for
 from pipeline.training.ema import EMA, export_ema
 from pipeline.training.engine import build_engine
 from pipeline.training.initial_weights import Teacher, load_init_from, student_of
+from pipeline.training.losses import DiffusionLoss, DistillationLoss
 from pipeline.training.metrics_log import LogInterval, TrainLogger, max_memory_mb
 from pipeline.training.monitor import FidelityMonitor
-from pipeline.training.pairs import DiffusionPair, DistillationPair
+from pipeline.training.results import StepResult, TrainResult
+from pipeline.training.validation import validation_sums
 
 _NOISE, _TORCH, _VALIDATION = 1, 2, 3  # seed purposes
 warnings.filterwarnings("ignore", message=r".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
-
-
-@dataclass
-class TrainResult:
-    """How a run ended: ``done``, ``stopped`` (signal or time limit) or ``nonfinite``."""
-
-    status: Literal["done", "stopped", "nonfinite"]
-    step: int
-    run_dir: Path
-    reason: str = ""
-
-    @property
-    def exit_code(self) -> int:
-        return {"done": EXIT_DONE, "stopped": EXIT_REQUEUE, "nonfinite": EXIT_NONFINITE}[self.status]
 
 
 class Trainer:
@@ -71,8 +59,7 @@ class Trainer:
     def __init__(self, cfg: Config, env: DistEnv, store: ShowerStore, *, config_path: str | None,
                  started: float, time_limit: float | None, teacher: Teacher | None = None) -> None:
         self.cfg, self.env, self.store, self.config_path = cfg, env, store, config_path
-        self.done_fields = {"stage": 0, "sample_steps": cfg.diffusion.sample_steps,
-                            **(teacher.done_fields if teacher else {})}
+        self.teacher = teacher
         self.t, self.started, self.time_limit = cfg.train, started, time_limit
         self.run_dir = Path(cfg.run.dir)
         cuda = torch.cuda.is_available()  # init_distributed bound the rank to the GPU it claimed (runtime.gpu_claim)
@@ -83,12 +70,12 @@ class Trainer:
         seed = cfg.run.seed
 
         torch.manual_seed(seed)  # identical initial weights on every rank
-        layer_net, unet = build_models(cfg.model, store.geometry)
-        unet.use_channels_last(self.t.channels_last)
+        layer_net, voxel_net = build_models(cfg.model, store.geometry)
+        use_channels_last(voxel_net, self.t.channels_last)
         torch.backends.cudnn.benchmark = cuda and self.t.cudnn_benchmark
         schedule = CosineSchedule.from_config(cfg.diffusion)
         self.networks = tuple(self.t.networks)
-        model = DiffusionPair(layer_net, unet, schedule, cfg.diffusion.prediction, self.networks).to(self.device)
+        model = DiffusionLoss(layer_net, voxel_net, schedule, cfg.diffusion.prediction, self.networks).to(self.device)
         if teacher is not None:
             model = student_of(teacher, model, self.device, f"model.preset {cfg.model.preset!r} on {cfg.data.geometry}")
         init_ema = load_init_from(self.t.init_from, model, self.device) if self.t.init_from else None
@@ -167,43 +154,57 @@ class Trainer:
         if self.monitor is not None and self.step == 0:
             self._monitor()
         while self.step < t.max_steps:
-            t0 = time.perf_counter()
-            local = self._accumulate(batches)
-            minutes = (time.monotonic() - last_ckpt) / 60
-            due_ckpt = t.checkpoint_every_minutes > 0 and minutes >= t.checkpoint_every_minutes
-            flags = [signals.received is not None, due_ckpt, self._near_time_limit(step_times)]
-            self.flags.copy_(torch.tensor(flags, dtype=torch.float64))  # pinned: no synchronising pageable copy
-            stats = self._all_reduce(torch.cat([local, self.flags.to(self.device, non_blocking=True)]))
-            losses = stats[:3] / (self.env.world_size * t.grad_accum)
-            if not torch.isfinite(losses).all():
-                return self._nonfinite(log, losses)
-            if not self.engine.is_gradient_accumulation_boundary():
-                raise RuntimeError("DeepSpeed's micro-step count is out of step with train.grad_accum")
-            self.engine.step()
-            self.ema.update(self.engine.module)
-            self.step += 1
-            self.samples += self.global_batch
-            step_times = (step_times + [time.perf_counter() - t0])[-20:]
-            self.last.update(zip(("train_loss", "train_layer", "train_voxel"), losses.tolist()))
-            self.interval.add(losses, step_times[-1])
-            lr = self.engine.get_lr()[0]
-            log.progress(self.step, losses[0].item(), lr, self.global_batch / max(step_times[-1], 1e-9))
-            if self.step % t.log_every_steps == 0 or self.step == t.max_steps:
-                self._log_interval(log, lr)
-            if t.val_every_steps and (self.step % t.val_every_steps == 0 or self.step == t.max_steps):
-                self._validate(log)
-            if self.monitor is not None and (self.step % t.eval_every_steps == 0 or self.step == t.max_steps):
-                self._monitor()
-            stop = f"signal {signals.received or 'on another rank'}" if stats[3] > 0 else \
-                "time limit" if stats[5] > 0 else None
-            if (stop or stats[4] > 0 or self.step == t.max_steps
-                    or (t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0)):
+            r = self.train_step(batches, signals, last_ckpt, step_times)
+            if not r.finite:
+                return self._nonfinite(log, r.losses)
+            step_times = (step_times + [r.seconds])[-20:]
+            self._after_step(log, r)
+            if r.stop or r.checkpoint_due or self.step == t.max_steps or self._every(t.checkpoint_every_steps):
                 self._save()
                 last_ckpt = time.monotonic()
-            if stop and self.step < t.max_steps:
-                return self._stopped(log, stop)
+            if r.stop and self.step < t.max_steps:
+                return self._stopped(log, r.stop)
         self._save()  # a no-op when the last step was just saved (decided on rank 0)
         return self._finish(log)
+
+    def train_step(self, batches: Iterator[dict[str, torch.Tensor]], signals: StopSignals, last_ckpt: float,
+                   step_times: list[float]) -> StepResult:
+        """One optimiser step on every rank (see the module doc); ``last_ckpt``: monotonic time of the last save."""
+        t0 = time.perf_counter()
+        local = self._accumulate(batches)
+        due = self.t.checkpoint_every_minutes > 0 and time.monotonic() - last_ckpt >= 60 * self.t.checkpoint_every_minutes
+        self.flags.copy_(torch.tensor([signals.received is not None, due, self._near_time_limit(step_times)],
+                                      dtype=torch.float64))  # pinned: no synchronising pageable copy
+        reduced = self._all_reduce(torch.cat([local, self.flags.to(self.device, non_blocking=True)]))
+        losses = reduced[:3] / (self.env.world_size * self.t.grad_accum)
+        signal, due, out_of_time = (reduced[3:] > 0).tolist()
+        stop = f"signal {signals.received or 'on another rank'}" if signal else "time limit" if out_of_time else None
+        if not torch.isfinite(losses).all():
+            return StepResult(losses, False, stop, due, time.perf_counter() - t0)
+        if not self.engine.is_gradient_accumulation_boundary():
+            raise RuntimeError("DeepSpeed's micro-step count is out of step with train.grad_accum")
+        self.engine.step()
+        self.ema.update(self.engine.module)
+        self.step += 1
+        self.samples += self.global_batch
+        return StepResult(losses, True, stop, due, time.perf_counter() - t0)
+
+    def _after_step(self, log: TrainLogger, r: StepResult) -> None:
+        """Progress, log rows, validation and the fidelity monitor, as due after this step."""
+        t, final = self.t, self.step == self.t.max_steps
+        self.last.update(zip(("train_loss", "train_layer", "train_voxel"), r.losses.tolist()))
+        self.interval.add(r.losses, r.seconds)
+        lr = self.engine.get_lr()[0]
+        log.progress(self.step, r.losses[0].item(), lr, self.global_batch / max(r.seconds, 1e-9))
+        if self._every(t.log_every_steps) or final:
+            self._log_interval(log, lr)
+        if t.val_every_steps and (self._every(t.val_every_steps) or final):
+            self._validate(log)
+        if self.monitor is not None and (self._every(t.eval_every_steps) or final):
+            self._monitor()
+
+    def _every(self, steps: int) -> bool:
+        return steps > 0 and self.step % steps == 0
 
     def _all_reduce(self, x: torch.Tensor, op: Any = dist.ReduceOp.SUM) -> torch.Tensor:
         """All-reduce a small CPU tensor (through the GPU under NCCL)."""
@@ -256,23 +257,8 @@ class Trainer:
         n = min(self.t.val_batches, len(stream))
         gen = torch.Generator(device=self.device)
         gen.manual_seed(seed_for(self.cfg.run.seed, self.env.rank, _VALIDATION))
-        model = self.engine.module
-        sums = torch.zeros(4, dtype=torch.float64)
-        model.eval()
-        batches = iter(stream)
-        try:
-            for _ in range(n):
-                p = self._preprocess(next(batches), gen)
-                state = gen.get_state()
-                with autocast(self.precision, self.device):
-                    out = model(p.layers, p.voxels, p.cond, generator=gen)
-                    gen.set_state(state)
-                    ema_loss = self.ema.module(p.layers, p.voxels, p.cond, generator=gen)["loss"]
-                sums += torch.stack([out["loss"], out["layer"], out["voxel"], ema_loss]).double().cpu()
-        finally:
-            batches.close()
-            model.train()
-        sums = self._all_reduce(sums)
+        sums = self._all_reduce(validation_sums(self.engine.module, self.ema.module, iter(stream), n,
+                                                self._preprocess, gen, self.precision, self.device))
         val = (sums / (n * self.env.world_size)).tolist()
         self.last.update(zip(("val_loss", "val_layer", "val_voxel", "val_ema_loss"), val))
         log.row(self.step, "val", {"epoch": self.stream.epoch, "loss": val[0], "layer_loss": val[1],
@@ -281,7 +267,7 @@ class Trainer:
 
     def _monitor(self) -> None:
         """The fidelity monitor on the EMA weights (a distillation student is also compared with its teacher)."""
-        teacher = self.ema.module.teacher.model if isinstance(self.ema.module, DistillationPair) else None
+        teacher = self.ema.module.teacher.model if isinstance(self.ema.module, DistillationLoss) else None
         self.monitor_seconds = self.monitor(self.step, self.ema.module, teacher)
 
     def _log_interval(self, log: TrainLogger, lr: float) -> None:
@@ -343,11 +329,17 @@ class Trainer:
                 "step": self.step, "config": to_dict(self.cfg), "geometry": self.cfg.data.geometry,
                 "preset": self.cfg.model.preset, "store": str(Path(self.cfg.data.store).resolve()),
                 "preprocessing_stats": self.store.stats})  # generation needs no access to the training store
-            write_done(self.cfg, self.run_dir, self.config_path, step=self.step, samples=self.samples,
-                       epoch=self.stream.epoch, ema=str(rel), ema_format=tensor_suffix()[1:],
-                       checkpoint=f"checkpoints/{tag_for(self.step)}", world_size=self.env.world_size,
-                       zero_stage=self.t.zero_stage, precision=self.precision, launcher=self.env.source,
-                       final_losses=self.last, ranks_agree=True, networks=list(self.networks), **self.done_fields, **digests)
+            t = self.teacher
+            lineage = {} if t is None else {"stage": t.stage, "teacher": str(t.run_dir), "teacher_steps": t.steps,
+                                            "teacher_ema_sha256": t.ema_sha256}
+            RunRecord(step=self.step, samples=self.samples, epoch=self.stream.epoch, ema=self.run_dir / rel,
+                      checkpoint=self.run_dir / "checkpoints" / tag_for(self.step), config=self.run_dir / RESOLVED_CONFIG,
+                      config_source=self.config_path, store=str(Path(self.cfg.data.store).resolve()),
+                      geometry=self.cfg.data.geometry, preset=self.cfg.model.preset, max_steps=self.t.max_steps,
+                      world_size=self.env.world_size, zero_stage=self.t.zero_stage, precision=self.precision,
+                      launcher=self.env.source, networks=tuple(self.networks),
+                      sample_steps=self.cfg.diffusion.sample_steps, final_losses=self.last,
+                      ema_format=tensor_suffix()[1:], **digests, **lineage).write(self.run_dir)
             log.message(f"train: done, {self.step} steps; EMA weights in {self.run_dir / rel}")
         dist.barrier()
         return TrainResult("done", self.step, self.run_dir)
