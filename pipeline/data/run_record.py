@@ -56,7 +56,7 @@ class RunRecord:
     teacher: Optional[str] = None  # stage K >= 1: the run directory of stage K - 1
     teacher_steps: Optional[int] = None
     teacher_ema_sha256: Optional[str] = None
-    finished_at: str = dataclasses.field(default_factory=utc_now)
+    finished_at: str = field(default_factory=utc_now)
     ranks_agree: bool = True
 
     def write(self, run_dir: str | Path) -> Path:
@@ -79,12 +79,6 @@ class RunRecord:
                    config_source=config_source, store=str(Path(cfg.data.store).resolve()), geometry=cfg.data.geometry,
                    preset=cfg.model.preset, max_steps=0, world_size=1, zero_stage=0, precision="fp32",
                    launcher="none", networks=("layers", "voxels"), sample_steps=sample_steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields with absolute paths (for reports and generation metadata)."""
-        out = dataclasses.asdict(self)
-        out.update({name: str(getattr(self, name)) for name in _PATHS}, networks=list(self.networks))
-        return out
 
 
 def _relative(path: Path, run_dir: Path) -> str:

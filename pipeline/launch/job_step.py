@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from pipeline.runtime.exit_codes import EXIT_REQUEUE
 from pipeline.runtime.requeue_policy import (
     MAX_REQUEUES,
     TIME_MARGIN_SECONDS,
@@ -98,7 +99,7 @@ def run_step(argv: list[str], env: Mapping[str, str] = os.environ) -> int:
     if marker.exists():
         log(f"a task stopped resumably: {marker.read_text().strip()}", env)
         marker.unlink(missing_ok=True)
-        code = 75
+        code = EXIT_REQUEUE
     exit_code = code if code >= 0 else 128 - code
     job = env.get("SLURM_JOB_ID")
     decision = decide(code, terminated="SIGTERM" in received, requeues=int(env.get("SLURM_RESTART_COUNT") or 0),
