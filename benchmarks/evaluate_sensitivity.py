@@ -39,7 +39,12 @@ sys.path.insert(0, str(REPO))
 
 from data_tools.simulate import simulate_file
 from pipeline.data.samples import Sample, open_sample
-from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, LowLevelFeatures, train_once
+from pipeline.evaluation.classifier import (
+    ClassifierConfig,
+    DenseFeatures,
+    LowLevelFeatures,
+    train_once,
+)
 from pipeline.evaluation.distortions import DistortedSample, sensitivity_cases
 from pipeline.evaluation.observables import SampleObservables, compute_observables, voxel_log_edges
 from pipeline.evaluation.physics_distance import fpd_full_size, kpd

@@ -1,21 +1,24 @@
-"""Does anything beside the networks cost time in pipeline.generate? Noise speed, end-to-end vs network-only
-time, and a profile of the generating thread, on the CPU.
+"""Does anything beside the networks cost time in pipeline.generate? Noise speed, end-to-end vs
+network-only time, and a profile of the generating thread, on the CPU.
 
-    .venv/bin/python benchmarks/generate_pipeline.py [--geometry ds3] [--preset tiny] [--steps 1] [--n 256]
-                                                     [--batch 64] [--threads 0 2] [--profile-lines 15] [--ranks 2]
+    .venv/bin/python benchmarks/generate_pipeline.py [--geometry ds3] [--preset tiny] [--steps 1]
+                                                     [--n 256] [--batch 64] [--threads 0 2]
+                                                     [--profile-lines 15] [--ranks 2]
 
-1. Noise: ds3 showers/s of one voxel-noise draw by :class:`pipeline.diffusion.NoiseSource` (counter-based,
-   batched integer hashing) and by the previous implementation (a numpy ``SeedSequence`` and a CPU
-   ``torch.Generator`` per shower, kept below as the "before").
-2. A finished run with random ``--preset`` weights (speed does not depend on training) is generated into a
-   fresh zarr sample by ``pipeline.generation.command.run`` (the code behind ``python -m pipeline.generate``,
-   including the store, block markers and manifest) once per ``--threads`` value (``generate.writer_threads``),
-   and compared with the network-only time: the same ``--n`` showers in batches of ``--batch`` through
-   ``steps`` calls of both networks on ready tensors, nothing else.
+1. Noise: ds3 showers/s of one voxel-noise draw by :class:`pipeline.diffusion.NoiseSource`
+   (counter-based, batched integer hashing) and by the previous implementation (a numpy
+   ``SeedSequence`` and a CPU ``torch.Generator`` per shower, kept below as the "before").
+2. A finished run with random ``--preset`` weights (speed does not depend on training) is generated
+   into a fresh zarr sample by ``pipeline.generation.command.run`` (the code behind
+   ``python -m pipeline.generate``, including the store, block markers and manifest) once per
+   ``--threads`` value (``generate.writer_threads``), and compared with the network-only time: the
+   same ``--n`` showers in batches of ``--batch`` through ``steps`` calls of both networks on ready
+   tensors, nothing else.
 3. cProfile of the generating (main) thread of one more run: its top lines by own time.
-4. Ranks (``--ranks``): the same sample by 1 and by ``--ranks`` concurrent ``python -m pipeline.generate --rank r
-   --world-size W`` processes with one thread each (wall time including start-up): the per-rank model of
-   ``docs/scaling.md`` says the showers/s add up while each rank has its own core.
+4. Ranks (``--ranks``): the same sample by 1 and by ``--ranks`` concurrent
+   ``python -m pipeline.generate --rank r --world-size W`` processes with one thread each (wall time
+   including start-up): the per-rank model of ``docs/scaling.md`` says the showers/s add up while
+   each rank has its own core.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def noise_rates(shape: tuple[int, ...], batch: int, repeats: int = 5) -> dict[st
     """Showers/s of one voxel-noise draw, best of ``repeats`` batches, before and now."""
     seeds = [shower_seed(0, i) for i in range(batch)]
     out = {}
-    for name, draw in (("before (generator per shower)", lambda: seeded_generator_noise(seeds, shape)),
+    for name, draw in (("before (generator per shower)",
+                        lambda: seeded_generator_noise(seeds, shape)),
                        ("now (counter-based)", lambda: NoiseSource(seeds)(shape, 0, "voxels"))):
         draw()
         best = min(_seconds(draw) for _ in range(repeats))
@@ -84,11 +88,12 @@ def finished_run(tmp: Path, args: argparse.Namespace) -> Config:
     """A config whose teacher run holds random weights, exported like a finished training run."""
     store = stats_store(args.geometry, tmp)
     cfg = Config()
-    cfg.data.geometry, cfg.data.inputs, cfg.data.store = args.geometry, [str(tmp / "standin.hdf5")], str(store.path)
+    cfg.data.geometry, cfg.data.inputs, cfg.data.store = (
+        args.geometry, [str(tmp / "standin.hdf5")], str(store.path))
     cfg.run.dir, cfg.model.preset = str(tmp / "run"), args.preset
-    cfg.diffusion.sample_steps = cfg.distill.final_steps = args.steps
+    cfg.sampling.steps = cfg.distill.final_steps = args.steps
     g = cfg.generate
-    g.n, g.model, g.batch_size, g.block_size = args.n, "teacher", args.batch, 128
+    g.n, g.model, g.per_rank_batch_size, g.block_size = args.n, "teacher", args.batch, 128
     g.layout = StoreLayout(chunk_rows=32, shard_rows=128)
     torch.manual_seed(0)
     pair = DiffusionLoss(*build_models(cfg.model, store.geometry), CosineSchedule())
@@ -97,7 +102,8 @@ def finished_run(tmp: Path, args: argparse.Namespace) -> Config:
             torch.nn.init.normal_(p, std=0.02)
     run_dir = Path(cfg.run.dir)
     (run_dir / "ema").mkdir(parents=True)
-    export_ema(EMA(pair, 0.9), run_dir / "ema" / "ema.safetensors", {"preprocessing_stats": store.stats})
+    export_ema(EMA(pair, 0.9), run_dir / "ema" / "ema.safetensors",
+               {"preprocessing_stats": store.stats})
     config = save_resolved(cfg, run_dir)
     RunRecord.of_export(cfg, run_dir, run_dir / "ema" / "ema.safetensors", sample_steps=args.steps,
                         config_source=str(config)).write(run_dir)
@@ -106,7 +112,8 @@ def finished_run(tmp: Path, args: argparse.Namespace) -> Config:
 
 @torch.no_grad()
 def network_only_seconds(cfg: Config, n: int, batch: int) -> float:
-    """The networks' share of generating ``n`` showers: ``steps`` calls of both per batch, on ready tensors."""
+    """The networks' share of generating ``n`` showers: ``steps`` calls of both per batch, on ready
+    tensors."""
     sampler = load_sampler(run_layout.model_dir(cfg), torch.device("cpu"))
     L = sampler.geometry.shape[0]
     t0 = time.perf_counter()
@@ -129,14 +136,15 @@ def generate_seconds(cfg: Config, out: Path, threads: int) -> float:
 
 
 def ranks_seconds(cfg: Config, out: Path, ranks: int) -> tuple[float, float]:
-    """Wall time of ``ranks`` concurrent single-threaded generate processes writing one sample, and the
-    showers/s of one rank while it generates (its blocks' seconds from the block markers: no start-up)."""
+    """Wall time of ``ranks`` concurrent single-threaded generate processes writing one sample, and
+    the showers/s of one rank while it generates (its blocks' seconds from the block markers: no
+    start-up)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     config = str(Path(cfg.run.dir) / "config.yaml")
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.generate", "--config", config, "--out", str(out),
-                               "--rank", str(r), "--world-size", str(ranks)], cwd=ROOT, env=env,
-                              stderr=subprocess.DEVNULL) for r in range(ranks)]
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline.generate", "--config", config,
+                               "--out", str(out), "--rank", str(r), "--world-size", str(ranks)],
+                              cwd=ROOT, env=env, stderr=subprocess.DEVNULL) for r in range(ranks)]
     if any(p.wait() != 0 for p in procs):
         raise RuntimeError(f"pipeline.generate with {ranks} ranks into {out} failed")
     wall = time.perf_counter() - t0
@@ -154,13 +162,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", nargs="+", type=int, default=[0, 2])
     p.add_argument("--profile-lines", type=int, default=15)
-    p.add_argument("--ranks", type=int, default=2, help="compare 1 and this many single-threaded ranks; 0: skip")
+    p.add_argument("--ranks", type=int, default=2,
+                   help="compare 1 and this many single-threaded ranks; 0: skip")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = finished_run(Path(tmp), args)
         shape = tuple(load_geometry(args.geometry).shape)
-        print(f"## {args.geometry} {shape}, preset {args.preset}, {args.steps} steps, {args.n} showers, batch "
-              f"{args.batch}, {torch.get_num_threads()} torch threads\n")
+        print(f"## {args.geometry} {shape}, preset {args.preset}, {args.steps} steps, "
+              f"{args.n} showers, batch {args.batch}, {torch.get_num_threads()} torch threads\n")
         print("| noise | ds3-sized showers/s | ms per shower |\n|---|---|---|")
         for name, rate in noise_rates(shape, args.batch).items():
             print(f"| {name} | {rate:.0f} | {1e3 / rate:.3f} |")
@@ -169,22 +178,23 @@ def main() -> None:
               f"| networks only | {nets:.1f} | {1e3 * nets / args.n:.2f} | 1.000 |")
         for threads in args.threads:
             seconds = generate_seconds(cfg, Path(tmp) / f"t{threads}.zarr", threads)
-            print(f"| pipeline.generate, writer_threads={threads} | {seconds:.1f} | {1e3 * seconds / args.n:.2f} | "
-                  f"{seconds / nets:.3f} |", flush=True)
+            print(f"| pipeline.generate, writer_threads={threads} | {seconds:.1f} | "
+                  f"{1e3 * seconds / args.n:.2f} | {seconds / nets:.3f} |", flush=True)
         profiler = cProfile.Profile()
         profiler.enable()
         generate_seconds(cfg, Path(tmp) / "profiled.zarr", max(args.threads))
         profiler.disable()
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.profile_lines)
-        print(f"\nProfile of the generating thread (writer_threads={max(args.threads)}), top {args.profile_lines} "
-              f"by own time:\n\n```\n{text.getvalue().strip()}\n```")
+        print(f"\nProfile of the generating thread (writer_threads={max(args.threads)}), "
+              f"top {args.profile_lines} by own time:\n\n```\n{text.getvalue().strip()}\n```")
         if args.ranks > 1:
-            print("\n| ranks (1 thread each) | wall seconds | showers/s (wall) | showers/s per rank while generating |"
-                  "\n|---|---|---|---|")
+            print("\n| ranks (1 thread each) | wall seconds | showers/s (wall) "
+                  "| showers/s per rank while generating |\n|---|---|---|---|")
             for ranks in (1, args.ranks):
                 seconds, per_rank = ranks_seconds(cfg, Path(tmp) / f"r{ranks}.zarr", ranks)
-                print(f"| {ranks} | {seconds:.1f} | {args.n / seconds:.2f} | {per_rank:.2f} |", flush=True)
+                print(f"| {ranks} | {seconds:.1f} | {args.n / seconds:.2f} | {per_rank:.2f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

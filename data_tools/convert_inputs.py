@@ -9,7 +9,13 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, inspect_file, read_energies
+from pipeline.data.calochallenge_hdf5 import (
+    ENERGY_KEY,
+    SHOWER_KEY,
+    InputError,
+    inspect_file,
+    read_energies,
+)
 from pipeline.physics.geometry import Geometry
 from pipeline.runtime.files import sha256_file
 

@@ -32,7 +32,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.config import ConfigError, add_config_arguments
-from pipeline.data.calochallenge_hdf5 import ENERGY_KEY, SHOWER_KEY, InputError, shower_file_writer, write_chunk
+from pipeline.data.calochallenge_hdf5 import (
+    ENERGY_KEY,
+    SHOWER_KEY,
+    InputError,
+    shower_file_writer,
+    write_chunk,
+)
 from pipeline.data.sample_store import check_generation_complete
 from pipeline.data.shower_store import ShowerStore, StoreError, read_attrs
 from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_STORAGE

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, classifier_test, protocol_config, train_once
+from pipeline.evaluation.classifier import (
+    ClassifierConfig,
+    DenseFeatures,
+    classifier_test,
+    protocol_config,
+    train_once,
+)
 
 
 def test_defaults_are_the_challenge_protocol() -> None:

@@ -31,7 +31,12 @@ from pipeline.models import build_models
 from pipeline.physics.geometry import load_geometry
 from pipeline.physics.preprocessing import Preprocessor
 
-from conftest import assert_same_generated_showers, make_preprocessor, randomize_zero_init, stand_in_store
+from conftest import (
+    assert_same_generated_showers,
+    make_preprocessor,
+    randomize_zero_init,
+    stand_in_store,
+)
 
 SCHEDULE = CosineSchedule(-20.0, 20.0)
 MU, S = 1.5, 0.3  # toy data: every element ~ N(MU, S^2)

@@ -7,7 +7,13 @@ import pytest
 from scipy import linalg
 
 from pipeline.evaluation.calibration import Isotonic, auc, auc_null_std, jsd_estimate
-from pipeline.evaluation.physics_distance import fpd, frechet_distance, kpd, mmd2_unbiased, normalise
+from pipeline.evaluation.physics_distance import (
+    fpd,
+    frechet_distance,
+    kpd,
+    mmd2_unbiased,
+    normalise,
+)
 from pipeline.evaluation.separation import (
     compare,
     compare_grouped_counts,

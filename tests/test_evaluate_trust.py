@@ -20,7 +20,12 @@ import torch
 from data_tools.shower_model import sample_incident_energies, simulate_showers
 from pipeline.data.samples import ArraySample
 from pipeline.evaluation import distortions
-from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, LowLevelFeatures, classifier_test
+from pipeline.evaluation.classifier import (
+    ClassifierConfig,
+    DenseFeatures,
+    LowLevelFeatures,
+    classifier_test,
+)
 from pipeline.evaluation.observables import FAMILIES, compute_observables, voxel_log_edges
 from pipeline.evaluation.physics_distance import fpd, kpd
 from pipeline.evaluation.runner import separations, summarise

@@ -1,9 +1,10 @@
-"""Fuzzed bad input (hypothesis): CaloChallenge-like HDF5 files with wrong keys, shapes, dtypes, NaN/inf/negative
-values, zero rows or truncated bytes go through convert, inspect, evaluate and generate's ``energies_from``;
-broken stores through export; random configs and ``--set`` overrides through the config loader. Every case
-either works or ends in a clear error (exit 2) that names the file, key or config path; no traceback, and no
-store or sample is ever marked complete by a failed run. The commands run in-process (``main(argv)``) so
-that 200 cases per test take seconds (``CALO_FUZZ_EXAMPLES=N`` for a longer search)."""
+"""Fuzzed bad input (hypothesis): CaloChallenge-like HDF5 files with wrong keys, shapes, dtypes,
+NaN/inf/negative values, zero rows or truncated bytes go through convert, inspect, evaluate and
+generate's ``energies_from``; broken stores through export; random configs and ``--set`` overrides
+through the config loader. Every case either works or ends in a clear error (exit 2) that names the
+file, key or config path; no traceback, and no store or sample is ever marked complete by a failed
+run. The commands run in-process (``main(argv)``) so that 200 cases per test take seconds
+(``CALO_FUZZ_EXAMPLES=N`` for a longer search)."""
 
 from __future__ import annotations
 
@@ -51,16 +52,18 @@ def run(main, argv: list[str]) -> tuple[int, str]:  # noqa: ANN001 - a command's
 bad_value = st.sampled_from([np.nan, np.inf, -np.inf, -1.0, 1e39])
 
 
-DEFECTS = ["missing key", "extra key", "energy shape", "shower shape", "dtype", "energy value", "shower value",
-           "truncated", "group", "zero rows"]
+DEFECTS = ["missing key", "extra key", "energy shape", "shower shape", "dtype", "energy value",
+           "shower value", "truncated", "group", "zero rows"]
 
 
 @st.composite
 def calo_files(draw) -> dict:
-    """A valid small ds2 file description with zero to two defects (so most cases reach the deeper checks)."""
+    """A valid small ds2 file description with zero to two defects (so most cases reach the deeper
+    checks)."""
     n = draw(st.sampled_from([1, 3, 5]))
-    spec = {"n": n, "keys": {"incident_energies", "showers"}, "energy_shape": (n, 1), "shower_shape": (n, V),
-            "dtype": "float64", "energy_bad": None, "shower_bad": None, "truncate": None, "group_instead": False}
+    spec = {"n": n, "keys": {"incident_energies", "showers"}, "energy_shape": (n, 1),
+            "shower_shape": (n, V), "dtype": "float64", "energy_bad": None, "shower_bad": None,
+            "truncate": None, "group_instead": False}
     for defect in draw(st.lists(st.sampled_from(DEFECTS), max_size=2, unique=True)):
         if defect == "missing key":
             spec["keys"] = spec["keys"] - {draw(st.sampled_from(["incident_energies", "showers"]))}
@@ -69,7 +72,8 @@ def calo_files(draw) -> dict:
         elif defect == "energy shape":
             spec["energy_shape"] = draw(st.sampled_from([(n,), (n, 2), (n + 1, 1), ()]))
         elif defect == "shower shape":
-            spec["shower_shape"] = draw(st.sampled_from([(n, V - 1), (n, 40500), (n + 1, V), (n,), (n, 45, 144)]))
+            spec["shower_shape"] = draw(st.sampled_from([(n, V - 1), (n, 40500), (n + 1, V), (n,),
+                                                          (n, 45, 144)]))
         elif defect == "dtype":
             spec["dtype"] = draw(st.sampled_from(["float32", "float16", "int32", "bool"]))
         elif defect == "energy value":
@@ -96,7 +100,8 @@ def write_file(path: Path, spec: dict) -> None:
                 f.create_group("showers")
                 continue
             shape = spec["energy_shape"] if key == "incident_energies" else spec["shower_shape"]
-            data = (10 ** rng.uniform(3, 6, shape)) if key == "incident_energies" else rng.gamma(1.0, 2.0, shape)
+            data = ((10 ** rng.uniform(3, 6, shape)) if key == "incident_energies"
+                    else rng.gamma(1.0, 2.0, shape))
             bad = spec["energy_bad"] if key == "incident_energies" else spec["shower_bad"]
             if bad is not None and data.size:
                 data.flat[rng.integers(data.size)] = bad
@@ -131,15 +136,17 @@ def test_bad_files_through_convert_inspect_evaluate_and_energies_from(tmp_path, 
     path = work / "in.hdf5"
     write_file(path, spec)
 
-    code, err = run(convert_main, [str(path), "--geometry", "ds2", "--out", str(work / "s.zarr"), "--quiet"])
+    code, err = run(convert_main, [str(path), "--geometry", "ds2", "--out", str(work / "s.zarr"),
+                                   "--quiet"])
     assert_clear(code, err, str(path))
     if code:
         assert (read_attrs(work / "s.zarr") or {}).get("complete") is not True
 
     assert_clear(*run(inspect_main, [str(path)]), str(path))
 
-    code, err = run(evaluate_main, ["--generated", str(path), "--reference", str(reference), "--geometry", "ds2",
-                                    "--out", str(work / "eval"), "--classifiers", "none", "--no-plots",
+    code, err = run(evaluate_main, ["--generated", str(path), "--reference", str(reference),
+                                    "--geometry", "ds2", "--out", str(work / "eval"),
+                                    "--classifiers", "none", "--no-plots",
                                     "--no-physics-distances", "--quiet", "--threads", "1"])
     assert_clear(code, err, str(path))
     if code:
@@ -200,19 +207,23 @@ def test_broken_stores_through_export(tmp_path, spec):
 
 
 # ------------------------------------------------------------------ configs
-SECTIONS = ["run", "data", "model", "diffusion", "train", "distill", "generate", "evaluate", "launch", "bogus"]
+SECTIONS = ["run", "data", "model", "diffusion", "sampling", "device", "optim", "train", "distill",
+            "generate", "evaluate", "launch", "bogus"]
 values = st.recursive(st.none() | st.booleans() | st.integers(-5, 10**6) | st.floats(allow_nan=True)
                       | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
-KEYS = ["dir", "seed", "geometry", "inputs", "store", "batch_size", "layout", "preset", "sample_steps", "max_steps",
-        "lr", "betas", "zero_stage", "final_steps", "n", "energy_range", "block_size", "classifiers", "train",
+KEYS = ["dir", "seed", "geometry", "inputs", "store", "global_batch_size", "batch_size", "layout",
+        "preset", "steps", "sample_steps", "max_steps", "lr", "betas", "precision", "monitor",
+        "zero_stage", "final_steps", "n", "energy_range", "block_size", "classifiers", "train",
         "nodes", "chunk_rows", "x"]
 
 
 @FUZZ
-@given(doc=st.dictionaries(st.sampled_from(SECTIONS), st.dictionaries(st.sampled_from(KEYS), values, max_size=4)
-                           | values, max_size=4),
-       overrides=st.lists(st.tuples(st.sampled_from(SECTIONS), st.sampled_from(KEYS), values), max_size=3))
+@given(doc=st.dictionaries(st.sampled_from(SECTIONS),
+                           st.dictionaries(st.sampled_from(KEYS), values, max_size=4) | values,
+                           max_size=4),
+       overrides=st.lists(st.tuples(st.sampled_from(SECTIONS), st.sampled_from(KEYS), values),
+                          max_size=3))
 def test_random_configs_and_overrides_are_accepted_or_named(tmp_path, doc, overrides):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -228,8 +239,8 @@ def test_random_configs_and_overrides_are_accepted_or_named(tmp_path, doc, overr
 
 def test_a_config_error_through_a_command_is_exit_2_and_names_the_key(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump({"data": {"batch_size": "many"}}))
+    path.write_text(yaml.safe_dump({"data": {"global_batch_size": "many"}}))
     for main, extra in ((convert_main, []), (export_main, []), (evaluate_main, [])):
         code, err = run(main, ["--config", str(path), *extra])
-        assert code == 2 and "data.batch_size" in err and "Traceback" not in err, (main, err)
+        assert code == 2 and "data.global_batch_size" in err and "Traceback" not in err, (main, err)
     assert (REPO / "configs" / "smoke.yaml").is_file()

@@ -1,4 +1,5 @@
-"""Networks: shapes for ds2/ds3, odd sizes, preset sizes, angular equivariance, checkpointing, info."""
+"""Networks: shapes for ds2/ds3, odd sizes, preset sizes, angular equivariance, checkpointing,
+info."""
 
 from __future__ import annotations
 
@@ -54,20 +55,23 @@ def test_preset_sizes():
     assert counts["large"] >= 100e6
 
 
-@pytest.mark.parametrize("geometry,angle_downsample,shifts", [("ds3", 1, [2, -4]), ("ds2", 0, [1, 6])])
+@pytest.mark.parametrize("geometry,angle_downsample,shifts",
+                         [("ds3", 1, [2, -4]), ("ds2", 0, [1, 6])])
 def test_angular_roll_equivariance(geometry, angle_downsample, shifts):
-    """Exact up to float rounding for shifts that are multiples of the total angular downsampling factor."""
+    """Exact up to float rounding for shifts that are multiples of the total angular downsampling
+    factor."""
     torch.manual_seed(1)
     shape = load_geometry(geometry).shape
-    unet = randomize_zero_init(VoxelUNet(shape, PRESETS["tiny"].unet, angle_downsample=angle_downsample))
+    unet = randomize_zero_init(VoxelUNet(shape, PRESETS["tiny"].unet,
+                                         angle_downsample=angle_downsample))
     assert unet.angle_factor == 2 ** angle_downsample
     x, t, cond, layers = inputs(shape, b=1)
     with torch.no_grad():
         y = unet(x, t, cond, layers)
         scale = float(y.abs().max())
         for k in shifts:
-            torch.testing.assert_close(unet(torch.roll(x, k, dims=2), t, cond, layers), torch.roll(y, k, dims=2),
-                                       rtol=1e-4, atol=1e-5 * scale)
+            torch.testing.assert_close(unet(torch.roll(x, k, dims=2), t, cond, layers),
+                                       torch.roll(y, k, dims=2), rtol=1e-4, atol=1e-5 * scale)
         if angle_downsample:  # an odd shift does not commute with the stride-2 angular downsampling
             diff = unet(torch.roll(x, 1, dims=2), t, cond, layers) - torch.roll(y, 1, dims=2)
             assert diff.abs().max() > 1e-2 * scale
@@ -100,13 +104,15 @@ def test_info_counts_parameters_and_flops(capsys):
     layer_net, unet = build_models(cfg.model, load_geometry(cfg.data.geometry))
     assert result["voxel_net"]["parameters"] == count_parameters(unet)
     assert result["layer_net"]["parameters"] == count_parameters(layer_net)
-    # the full-resolution convolutions alone: stem (4->8 channels) and output (8->1), 2 FLOPs per MAC
+    # the full-resolution convolutions alone: stem (4->8 channels) and output (8->1),
+    # 2 FLOPs per MAC
     assert result["voxel_net"]["flops"] > 2 * 27 * (4 * 8 + 8) * 40500
     assert 0 < result["layer_net"]["flops"] < result["voxel_net"]["flops"]
     assert cli.COMMANDS["info"] == "pipeline.info"
     assert info.main(["--config", str(CONFIGS / "ds2.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "preset base, geometry ds2" in out and "voxel backbone unet" in out and "GFLOP per shower" in out
+    assert ("preset base, geometry ds2" in out and "voxel backbone unet" in out
+            and "GFLOP per shower" in out)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -116,9 +122,9 @@ def test_info_counts_parameters_and_flops(capsys):
     ("model.backbone=vit", "model.backbone: expected one of ['unet', 'transformer']"),
     ("model.patch=[5,4]", "model.patch: expected three positive sizes"),
     ("diffusion.prediction=eps", "diffusion.prediction: expected one of ['v', 'x']"),
-    ("diffusion.sample_steps=0", "diffusion.sample_steps: must be >= 1"),
+    ("sampling.steps=0", "sampling.steps: must be >= 1"),
     ("diffusion.logsnr_min=30", "diffusion.logsnr_min: must be below logsnr_max"),
-    ("diffusion.eta=2", "diffusion.eta: must be in [0, 1]"),
+    ("sampling.eta=2", "sampling.eta: must be in [0, 1]"),
 ])
 def test_model_and_diffusion_config_errors(override, message):
     with pytest.raises(ConfigError) as err:
@@ -129,13 +135,13 @@ def test_model_and_diffusion_config_errors(override, message):
 @pytest.mark.parametrize("name,preset", [("smoke", "tiny"), ("ds2", "base"), ("ds3", "large")])
 def test_shipped_configs_choose_presets(name, preset):
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.model.preset == preset and cfg.diffusion.sample_steps >= 1
+    assert cfg.model.preset == preset and cfg.sampling.steps >= 1
 
 
 def test_fp32_first_last_keeps_precision_critical_layers_out_of_bf16():
-    """Under bf16 autocast the layer network runs entirely in fp32 (bitwise as without autocast) and the U-Net's
-    stem and output convolution in fp32 with TF32 off; the full-resolution activations after the stem are bf16;
-    switched off, stem and output run in bf16."""
+    """Under bf16 autocast the layer network runs entirely in fp32 (bitwise as without autocast) and
+    the U-Net's stem and output convolution in fp32 with TF32 off; the full-resolution activations
+    after the stem are bf16; switched off, stem and output run in bf16."""
     torch.manual_seed(0)
     geometry = load_geometry("ds2")
     x, t, cond, layers = inputs(geometry.shape)
@@ -144,15 +150,19 @@ def test_fp32_first_last_keeps_precision_critical_layers_out_of_bf16():
     assert defaults[0]  # cuDNN's default: TF32 convolutions on GPUs that have them
     for fp32 in (True, False):
         layer_net, unet = (randomize_zero_init(m).eval()
-                           for m in build_models(ModelConfig(preset="tiny", fp32_first_last=fp32), geometry))
+                           for m in build_models(ModelConfig(preset="tiny", fp32_first_last=fp32),
+                                                 geometry))
         for name in ("stem", "out"):
-            def record(module, args, out, key=f"{name}{fp32}") -> None:  # the first call: under autocast
+            # the first call: under autocast
+            def record(module, args, out, key=f"{name}{fp32}") -> None:
                 seen.setdefault(key, out.dtype)
-                seen.setdefault(f"{key} tf32", (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+                seen.setdefault(f"{key} tf32", (torch.backends.cudnn.allow_tf32,
+                                                torch.backends.cuda.matmul.allow_tf32))
 
             getattr(unet, name).conv.register_forward_hook(record)
 
-        def record_level0(module, args, key=f"level 0{fp32}") -> None:  # the full-resolution activations
+        # the full-resolution activations
+        def record_level0(module, args, key=f"level 0{fp32}") -> None:
             seen.setdefault(key, args[0].dtype)
 
         unet.down[0].register_forward_pre_hook(record_level0)
@@ -163,12 +173,15 @@ def test_fp32_first_last_keeps_precision_critical_layers_out_of_bf16():
                 v = unet(x, t, cond, layers)
             full = unet(x, t, cond, layers)
         assert torch.equal(low, reference) == fp32
-        torch.testing.assert_close(v.float(), full, rtol=0.1, atol=0.05)  # bf16 elsewhere: close, not equal
-    assert seen == {"stemTrue": torch.float32, "outTrue": torch.float32, "stemFalse": torch.bfloat16,
-                    "outFalse": torch.bfloat16, "level 0True": torch.bfloat16, "level 0False": torch.bfloat16,
-                    "stemTrue tf32": (False, False), "outTrue tf32": (False, False), "stemFalse tf32": defaults,
-                    "outFalse tf32": defaults}
-    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == defaults  # restored
+        # bf16 elsewhere: close, not equal
+        torch.testing.assert_close(v.float(), full, rtol=0.1, atol=0.05)
+    assert seen == {"stemTrue": torch.float32, "outTrue": torch.float32,
+                    "stemFalse": torch.bfloat16, "outFalse": torch.bfloat16,
+                    "level 0True": torch.bfloat16, "level 0False": torch.bfloat16,
+                    "stemTrue tf32": (False, False), "outTrue tf32": (False, False),
+                    "stemFalse tf32": defaults, "outFalse tf32": defaults}
+    assert (torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32) == defaults  # restored
 
 
 def test_channels_last_gives_the_same_outputs_and_gradients():
@@ -183,7 +196,8 @@ def test_channels_last_gives_the_same_outputs_and_gradients():
     unet.zero_grad()
     formats = []
     unet.stem.conv.register_forward_hook(
-        lambda m, args, out: formats.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+        lambda m, args, out: formats.append(
+            args[0].is_contiguous(memory_format=torch.channels_last_3d)))
     unet.use_channels_last()
     fast = unet(x, t, cond, layers)
     assert formats == [True]

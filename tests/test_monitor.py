@@ -1,5 +1,5 @@
-"""The fidelity monitor: its rows in logs/monitor.csv and TensorBoard, and that it leaves training alone (the
-same weights with it on or off, and a bit-identical resume with it on)."""
+"""The fidelity monitor: its rows in logs/monitor.csv and TensorBoard, and that it leaves training
+alone (the same weights with it on or off, and a bit-identical resume with it on)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pipeline.runtime.exit_codes import EXIT_REQUEUE
 from pipeline.training.metrics_log import comparable_rows
 from pipeline.training.monitor import COLUMNS, preserved_rng, validation_showers
 
-MONITOR = {"eval_every_steps": 2, "eval_showers": 24, "eval_sample_steps": 2, "val_every_steps": 0, "max_steps": 6}
+MONITOR = {"monitor": {"every_steps": 2, "showers": 24, "sample_steps": 2},
+           "validation": {"every_steps": 0}, "max_steps": 6}
 
 
 def monitor_rows(run) -> list[dict[str, str]]:
@@ -36,7 +37,8 @@ def test_preserved_rng_restores_every_global_stream():
     with preserved_rng(torch.device("cpu")):
         torch.manual_seed(99)  # as the classifier does
         torch.rand(10), np.random.rand(10), random.random()
-    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+    assert (torch.equal(torch.rand(3), expected[0])
+            and np.array_equal(np.random.rand(3), expected[1]))
     assert random.random() == expected[2]
 
 
@@ -51,13 +53,15 @@ def test_validation_showers_are_the_first_of_the_validation_chunks(store):
 
 @pytest.mark.slow
 def test_monitor_rows_and_no_effect_on_training(tmp_path, store):
-    """Monitor on (every 2 steps, 24 showers) vs off: the same weights and EMA; rows at steps 0, 2, 4, 6 with
-    every metric its sample size allows, TensorBoard scalars and the profile figure; generated in batches of 5,
-    the same rows."""
+    """Monitor on (every 2 steps, 24 showers) vs off: the same weights and EMA; rows at steps 0, 2,
+    4, 6 with every metric its sample size allows, TensorBoard scalars and the profile figure;
+    generated in batches of 5, the same rows."""
     on, off = tmp_path / "on", tmp_path / "off"
-    assert run_train(write_config(tmp_path / "on.yaml", store, on, **MONITOR), **ONE_THREAD).returncode == 0
-    plain = {**MONITOR, "eval_every_steps": 0}
-    assert run_train(write_config(tmp_path / "off.yaml", store, off, **plain), **ONE_THREAD).returncode == 0
+    assert run_train(write_config(tmp_path / "on.yaml", store, on, **MONITOR),
+                     **ONE_THREAD).returncode == 0
+    plain = {**MONITOR, "monitor": {"every_steps": 0}}
+    assert run_train(write_config(tmp_path / "off.yaml", store, off, **plain),
+                     **ONE_THREAD).returncode == 0
     assert (read_record(on).weights_sha256, read_record(on).ema_sha256) == \
         (read_record(off).weights_sha256, read_record(off).ema_sha256)
     assert not (off / "logs" / "monitor.csv").exists()
@@ -65,27 +69,34 @@ def test_monitor_rows_and_no_effect_on_training(tmp_path, store):
     rows = monitor_rows(on)
     assert [int(r["step"]) for r in rows] == [0, 2, 4, 6] and tuple(rows[0]) == COLUMNS
     for r in rows:
-        assert r["showers"] == "24" and 0 < float(r["etot_einc"]) <= 1 and 0 < float(r["etot_einc_floor"]) < 1
+        assert (r["showers"] == "24" and 0 < float(r["etot_einc"]) <= 1
+                and 0 < float(r["etot_einc_floor"]) < 1)
         assert float(r["e_layer"]) > 0 and float(r["generation_ms_per_shower"]) > 0
-        assert r["fpd"] == "" and r["classifier_auc"] == ""  # 24 showers: too few, and the log says so
+        # 24 showers: too few, and the log says so
+        assert r["fpd"] == "" and r["classifier_auc"] == ""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(on / "logs" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    events = EventAccumulator(str(on / "logs" / "tensorboard"),
+                              size_guidance={"images": 0}).Reload()
     assert [e.step for e in events.Scalars("monitor/etot_einc")] == [0, 2, 4, 6]
     assert [e.step for e in events.Images("monitor/profiles")] == [0, 2, 4, 6]
 
-    batched = tmp_path / "batched"  # each rank's share in batches of 5: the same showers, so the same rows
+    # each rank's share in batches of 5: the same showers, so the same rows
+    batched = tmp_path / "batched"
     config = write_config(tmp_path / "batched.yaml", store, batched, **MONITOR)
-    assert run_train(config, "--set", "generate.batch_size=5", **ONE_THREAD).returncode == 0
-    assert comparable_rows(batched / "logs" / "monitor.csv") == comparable_rows(on / "logs" / "monitor.csv")
+    assert run_train(config, "--set", "generate.per_rank_batch_size=5",
+                     **ONE_THREAD).returncode == 0
+    assert (comparable_rows(batched / "logs" / "monitor.csv")
+            == comparable_rows(on / "logs" / "monitor.csv"))
 
 
 @pytest.mark.slow
 def test_resume_with_the_monitor_on_is_bit_identical(tmp_path, store):
-    """Stopped by --time-limit after the first step, resumed: the weights of an uninterrupted run, and the
-    monitor's log reads like one run."""
+    """Stopped by --time-limit after the first step, resumed: the weights of an uninterrupted run,
+    and the monitor's log reads like one run."""
     ref, run = tmp_path / "ref", tmp_path / "run"
-    assert run_train(write_config(tmp_path / "ref.yaml", store, ref, **MONITOR), **ONE_THREAD).returncode == 0
+    assert run_train(write_config(tmp_path / "ref.yaml", store, ref, **MONITOR),
+                     **ONE_THREAD).returncode == 0
     cfg = write_config(tmp_path / "run.yaml", store, run, **MONITOR, checkpoint_every_steps=2)
     assert run_train(cfg, "--time-limit", "1s", **ONE_THREAD).returncode == EXIT_REQUEUE
     resumed = run_train(cfg, **ONE_THREAD)
@@ -93,4 +104,5 @@ def test_resume_with_the_monitor_on_is_bit_identical(tmp_path, store):
     assert read_record(run).ema_sha256 == read_record(ref).ema_sha256
     assert read_record(run).weights_sha256 == read_record(ref).weights_sha256
     assert [int(r["step"]) for r in monitor_rows(run)] == [0, 2, 4, 6]
-    assert [r["etot_einc"] for r in monitor_rows(run)] == [r["etot_einc"] for r in monitor_rows(ref)]
+    assert ([r["etot_einc"] for r in monitor_rows(run)]
+            == [r["etot_einc"] for r in monitor_rows(ref)])

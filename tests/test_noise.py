@@ -10,7 +10,13 @@ import pytest
 import torch
 from scipy import stats
 
-from pipeline.diffusion import NoiseSource, counter_normals, shower_seed, stream_keys, uniform_from_seeds
+from pipeline.diffusion import (
+    NoiseSource,
+    counter_normals,
+    shower_seed,
+    stream_keys,
+    uniform_from_seeds,
+)
 
 SEEDS = [shower_seed(7, i) for i in range(12)]
 

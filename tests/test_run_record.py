@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data.run_record import DONE_FILE, RECORD_VERSION, RunRecord, RunRecordError, read_record
+from pipeline.data.run_record import (
+    DONE_FILE,
+    RECORD_VERSION,
+    RunRecord,
+    RunRecordError,
+    read_record,
+)
 
 from conftest import REPO
 

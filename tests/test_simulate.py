@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from data_tools.plot_showers import main as plot_main
-from data_tools.shower_model import BLOCK, DEFAULT_PARAMS, sample_incident_energies, simulate_showers, with_params
+from data_tools.shower_model import (
+    BLOCK,
+    DEFAULT_PARAMS,
+    sample_incident_energies,
+    simulate_showers,
+    with_params,
+)
 from data_tools.simulate import simulate_file
 from pipeline.physics.geometry import load_geometry
 

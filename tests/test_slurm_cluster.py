@@ -1,8 +1,9 @@
-"""Integration tests of the slurm/ scripts on a real SLURM cluster (``bash tests/slurm/cluster.sh up``).
+"""Integration tests of the slurm/ scripts on a real SLURM cluster
+(``bash tests/slurm/cluster.sh up``).
 
-Skipped, with the reason, when no cluster answers. The jobs run the smoke config on CPU: 2 tasks on one
-node, ``--gpus-per-node=0`` overriding the scripts' GPU defaults. About 5 minutes in all on 2 cores (more
-when other jobs occupy the cluster: waits allow for queueing).
+Skipped, with the reason, when no cluster answers. The jobs run the smoke config on CPU: 2 tasks on
+one node, ``--gpus-per-node=0`` overriding the scripts' GPU defaults. About 5 minutes in all on 2
+cores (more when other jobs occupy the cluster: waits allow for queueing).
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ import pytest
 
 from conftest import REPO, run_module, tree_bytes
 
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                "DEADLINE", "PREEMPTED")
-CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=20"]
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
+           "--time=20"]
 # the launcher variables of an enclosing job or torchrun must not leak into the test jobs
 # (SLURM_CONF stays: it may be how this machine's clients find the cluster)
-_LEAKY = re.compile(r"^(SLURM_(?!CONF$)|SBATCH_|SRUN_|SALLOC_|PMI_|OMPI_|PMIX_)|^(RANK|WORLD_SIZE|LOCAL_RANK|"
-                    r"LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|CONFIG|STAGE|CALO_.*)$")
+_LEAKY = re.compile(r"^(SLURM_(?!CONF$)|SBATCH_|SRUN_|SALLOC_|PMI_|OMPI_|PMIX_)|"
+                    r"^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|"
+                    r"CONFIG|STAGE|CALO_.*)$")
 
 
 def _run(*cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -36,26 +39,31 @@ def _run(*cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
 
 def _cluster_unavailable() -> str | None:
     """Why the SLURM tests cannot run here, or None."""
-    missing = [c for c in ("sinfo", "sbatch", "sacct", "scancel", "scontrol") if shutil.which(c) is None]
+    missing = [c for c in ("sinfo", "sbatch", "sacct", "scancel", "scontrol")
+               if shutil.which(c) is None]
     if missing:
-        return f"no SLURM client commands ({', '.join(missing)}); start a local cluster: bash tests/slurm/cluster.sh up"
+        return (f"no SLURM client commands ({', '.join(missing)}); "
+                "start a local cluster: bash tests/slurm/cluster.sh up")
     try:
         nodes = _run("sinfo", "-h", "-o", "%T", timeout=5)
         acct = _run("sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID", timeout=10)
     except subprocess.TimeoutExpired as err:
-        return f"SLURM does not answer ({' '.join(err.cmd)} timed out); see bash tests/slurm/cluster.sh status"
+        return (f"SLURM does not answer ({' '.join(err.cmd)} timed out); "
+                "see bash tests/slurm/cluster.sh status")
     if nodes.returncode:
         return f"sinfo failed: {nodes.stderr.strip()[:300]} (bash tests/slurm/cluster.sh status)"
     states = nodes.stdout.split()
     if not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
-        return f"no usable SLURM node (sinfo states: {states or 'none'}); see bash tests/slurm/cluster.sh status"
+        return (f"no usable SLURM node (sinfo states: {states or 'none'}); "
+                "see bash tests/slurm/cluster.sh status")
     if acct.returncode:
         return f"sacct does not work (no slurmdbd?): {acct.stderr.strip()[:300]}"
     return None
 
 
 _REASON = _cluster_unavailable()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_REASON is not None, reason=f"no SLURM cluster: {_REASON}")]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(_REASON is not None, reason=f"no SLURM cluster: {_REASON}")]
 
 
 # ------------------------------------------------------------------ helper
@@ -69,7 +77,8 @@ class SlurmJob:
 
     def state(self) -> str:
         out = _run("sacct", "-j", self.id, "-X", "-n", "-P", "-o", "State").stdout.split("\n")
-        return out[0].split()[0] if out and out[0].strip() else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        # "CANCELLED by 0" -> CANCELLED
+        return out[0].split()[0] if out and out[0].strip() else "UNKNOWN"
 
     def history(self) -> list[str]:
         """States of every run of the job, requeued ones included (sacct --duplicates)."""
@@ -77,14 +86,16 @@ class SlurmJob:
         return [line.split()[0] for line in out.splitlines() if line.strip()]
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else f"(no log {self.log} yet)"
+        return (self.log.read_text(errors="replace") if self.log.exists()
+                else f"(no log {self.log} yet)")
 
     def describe(self) -> str:
         return (f"job {self.id} ({self.name}) states {self.history()}\n"
                 f"----- log {self.log}\n{self.text()[-6000:]}\n-----")
 
     def wait(self, timeout: float = 600, expect: str | None = "COMPLETED") -> str:
-        """Poll until a final state (cancelling the job after ``timeout`` s); fail with the log unless ``expect``."""
+        """Poll until a final state (cancelling the job after ``timeout`` s); fail with the log
+        unless ``expect``."""
         deadline = time.monotonic() + timeout
         state = "UNKNOWN"
         while time.monotonic() < deadline:
@@ -107,11 +118,14 @@ class SlurmJob:
 
 def slurm_job(script: Path | str, *args: str, sbatch: list[str] = (), env: dict | None = None,
               cwd: Path, name: str = "calo-test") -> SlurmJob:
-    """``sbatch`` a script (from ``cwd``) with a clean environment plus ``env``; the log goes to ``cwd``."""
+    """``sbatch`` a script (from ``cwd``) with a clean environment plus ``env``; the log goes to
+    ``cwd``."""
     log = Path(cwd) / f"{name}-%j.out"
     clean = {k: v for k, v in os.environ.items() if not _LEAKY.search(k)}
-    out = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", f"--output={log}", *sbatch, str(script), *args],
-                         capture_output=True, text=True, timeout=30, cwd=cwd, env={**clean, **(env or {})})
+    out = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", f"--output={log}", *sbatch,
+                          str(script), *args],
+                         capture_output=True, text=True, timeout=30, cwd=cwd,
+                         env={**clean, **(env or {})})
     assert out.returncode == 0, f"sbatch failed: {out.stderr}"
     job_id = out.stdout.strip().split(";")[0]
     return SlurmJob(job_id, Path(str(log).replace("%j", job_id)), name)
@@ -132,27 +146,30 @@ def standin(tmp_path_factory) -> dict:
     """Stand-in ds3 showers and their zarr store, made directly (not through SLURM)."""
     root = tmp_path_factory.mktemp("slurm_data")
     hdf5, store = root / "standin_ds3.hdf5", root / "showers.zarr"
-    out = run_module("data_tools.simulate", "--geometry", "ds3", "--n", "256", "--out", str(hdf5), "--seed", "1",
-                     "--quiet")
+    out = run_module("data_tools.simulate", "--geometry", "ds3", "--n", "256", "--out", str(hdf5),
+                     "--seed", "1", "--quiet")
     assert out.returncode == 0, out.stderr
-    out = run_module("data_tools.convert", str(hdf5), "--geometry", "ds3", "--out", str(store), "--chunk-rows", "16",
-                     "--shard-rows", "64", "--validation-fraction", "0.125", "--quiet")
+    out = run_module("data_tools.convert", str(hdf5), "--geometry", "ds3", "--out", str(store),
+                     "--chunk-rows", "16", "--shard-rows", "64", "--validation-fraction", "0.125",
+                     "--quiet")
     assert out.returncode == 0, out.stderr
     return {"root": root, "hdf5": hdf5, "store": store}
 
 
 def smoke_env(standin: dict, run_dir: Path, *extra: str) -> dict:
-    sets = [f"run.dir={run_dir}", f"data.inputs=[{standin['hdf5']}]", f"data.store={standin['store']}", *extra]
+    sets = [f"run.dir={run_dir}", f"data.inputs=[{standin['hdf5']}]",
+            f"data.store={standin['store']}", *extra]
     return {"CONFIG": "configs/smoke.yaml", "CALO_SET": " ".join(sets)}
 
 
 @pytest.fixture(scope="module")
 def smoke_run(standin, tmp_path_factory) -> tuple[SlurmJob, Path]:
-    """``sbatch slurm/train_ds3.sh`` with the smoke config, 2 CPU tasks, submitted from outside the repository."""
+    """``sbatch slurm/train_ds3.sh`` with the smoke config, 2 CPU tasks, submitted from outside the
+    repository."""
     cwd = tmp_path_factory.mktemp("slurm_train")
     run_dir = cwd / "run"
-    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, env=smoke_env(standin, run_dir), cwd=cwd,
-                    name="calo-test-train")
+    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB,
+                    env=smoke_env(standin, run_dir), cwd=cwd, name="calo-test-train")
     try:
         job.wait(timeout=900, expect=None)
     finally:
@@ -171,12 +188,16 @@ def test_train_script_runs_smoke_config(smoke_run):
 
 
 def test_requeue_on_sigusr1_resumes_bit_identically(standin, tmp_path, jobs):
-    """SIGUSR1 to the job steps mid-run: checkpoint, exit 75, requeue, resume; same weights as no interruption."""
-    extra = ("train.max_steps=5", "train.checkpoint_every_steps=0", "train.val_every_steps=0")
-    interrupted = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-requeue",
+    """SIGUSR1 to the job steps mid-run: checkpoint, exit 75, requeue, resume; same weights as no
+    interruption."""
+    extra = ("train.max_steps=5", "train.checkpoint_every_steps=0",
+             "train.validation.every_steps=0")
+    interrupted = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path,
+                            name="calo-test-requeue",
                             env=smoke_env(standin, tmp_path / "interrupted", *extra))
     jobs.append(interrupted)
-    reference = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-reference",
+    reference = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path,
+                          name="calo-test-reference",
                           env=smoke_env(standin, tmp_path / "reference", *extra))
     jobs.append(reference)
 
@@ -184,9 +205,11 @@ def test_requeue_on_sigusr1_resumes_bit_identically(standin, tmp_path, jobs):
     deadline = time.monotonic() + 600
     while not (metrics.exists() and re.search(r"^2,train,", metrics.read_text(), re.M)):
         assert time.monotonic() < deadline, f"no step 2 within 600 s: {interrupted.describe()}"
-        assert interrupted.state() not in FINAL_STATES, f"ended before step 2: {interrupted.describe()}"
+        assert interrupted.state() not in FINAL_STATES, (
+            f"ended before step 2: {interrupted.describe()}")
         time.sleep(0.5)
-    # the design of slurm/env.sh: --signal=USR1@N (no B:) signals the job steps, as scancel does by default
+    # the design of slurm/env.sh: --signal=USR1@N (no B:) signals the job steps, as scancel does
+    # by default
     out = _run("scancel", "--signal=USR1", interrupted.id)
     assert out.returncode == 0, out.stderr
 
@@ -194,7 +217,8 @@ def test_requeue_on_sigusr1_resumes_bit_identically(standin, tmp_path, jobs):
     reference.wait(timeout=600)
     assert interrupted.history() == ["REQUEUED", "COMPLETED"], interrupted.describe()
     log = interrupted.text()
-    assert "job requeued" in log and "(restart 1)" in log and "resumed from" in log, interrupted.describe()
+    assert ("job requeued" in log and "(restart 1)" in log
+            and "resumed from" in log), interrupted.describe()
     assert "resumed from" not in reference.text()
     done = json.loads((tmp_path / "interrupted" / "DONE.json").read_text())
     ref = json.loads((tmp_path / "reference" / "DONE.json").read_text())
@@ -204,25 +228,31 @@ def test_requeue_on_sigusr1_resumes_bit_identically(standin, tmp_path, jobs):
 
 
 def task_pid(job_id: str, rank: int, module: str) -> int | None:
-    """PID of the ``python -m <module>`` process of task ``rank`` of a job on this node (read from /proc)."""
+    """PID of the ``python -m <module>`` process of task ``rank`` of a job on this node (read from
+    /proc)."""
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text(errors="replace").split("\0") if "=" in kv)
+            env = dict(kv.split("=", 1)
+                       for kv in (proc / "environ").read_text(errors="replace").split("\0")
+                       if "=" in kv)
         except (OSError, ValueError):
             continue
-        if module.encode() in cmdline and env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == str(rank):
+        if (module.encode() in cmdline and env.get("SLURM_JOB_ID") == job_id
+                and env.get("SLURM_PROCID") == str(rank)):
             return int(proc.name)
     return None
 
 
 def test_a_killed_rank_ends_the_job_at_once_and_a_rerun_resumes(standin, tmp_path, jobs):
-    """kill -9 one of two training ranks: srun --kill-on-bad-exit ends the step at once (the surviving rank
-    would otherwise wait out the 10-minute collective timeout set here); the same command resumes."""
-    extra = ("train.max_steps=12", "train.checkpoint_every_steps=2", "train.val_every_steps=0",
-             "train.collective_timeout_minutes=10")
+    """kill -9 one of two training ranks: srun --kill-on-bad-exit ends the step at once (the
+    surviving rank would otherwise wait out the 10-minute collective timeout set here); the same
+    command resumes."""
+    extra = ("train.max_steps=12", "train.checkpoint_every_steps=2",
+             "train.validation.every_steps=0", "train.collective_timeout_minutes=10")
     env = smoke_env(standin, tmp_path / "run", *extra)
-    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-kill", env=env)
+    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path,
+                    name="calo-test-kill", env=env)
     jobs.append(job)
     latest = tmp_path / "run" / "checkpoints" / "latest"
     deadline = time.monotonic() + 600
@@ -234,12 +264,13 @@ def test_a_killed_rank_ends_the_job_at_once_and_a_rerun_resumes(standin, tmp_pat
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
     state = job.wait(timeout=300, expect=None)
-    assert time.monotonic() - killed_at < 120, f"the job took {time.monotonic() - killed_at:.0f} s to end"
+    assert time.monotonic() - killed_at < 120, (
+        f"the job took {time.monotonic() - killed_at:.0f} s to end")
     assert state == "FAILED" and not (tmp_path / "run" / "DONE.json").exists(), job.describe()
     saved = latest.read_text().strip()
 
-    again = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-kill-rerun",
-                      env=env)
+    again = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path,
+                      name="calo-test-kill-rerun", env=env)
     jobs.append(again)
     again.wait(timeout=600)
     assert f"resumed from {saved}" in again.text(), again.describe()
@@ -265,8 +296,10 @@ sys.exit(1)
 
 
 @pytest.mark.parametrize("scancel, final, requeued", [
-    (["--batch", "--signal=USR1"], "COMPLETED", True),  # --signal=B:USR1@N style: the batch shell forwards it
-    ([], "CANCELLED", False),  # plain scancel (SIGTERM): the job stops and is not requeued
+    # --signal=B:USR1@N style: the batch shell forwards it
+    (["--batch", "--signal=USR1"], "COMPLETED", True),
+    # plain scancel (SIGTERM): the job stops and is not requeued
+    ([], "CANCELLED", False),
 ], ids=["usr1-to-batch-shell", "scancel"])
 def test_run_requeueable_signal_handling(tmp_path, jobs, scancel, final, requeued):
     (tmp_path / "stub.py").write_text(STUB)
@@ -295,20 +328,24 @@ run_requeueable "${{SRUN[@]}}" "$PYTHON" {tmp_path}/stub.py {tmp_path}/ready.$SL
 ONE_TASK_ENDS = """
 import os, sys, time
 from pipeline.runtime.signals import run_main, write_requeue_marker
-rank, restart, how = int(os.environ["SLURM_PROCID"]), int(os.environ.get("SLURM_RESTART_COUNT", "0")), sys.argv[1]
+rank, restart, how = (int(os.environ["SLURM_PROCID"]),
+                      int(os.environ.get("SLURM_RESTART_COUNT", "0")), sys.argv[1])
 print(f"stub rank {rank}: restart count {restart}", flush=True)
 if restart or rank == 0:
     time.sleep(0 if restart else 600)  # rank 0 would sit in a collective; srun must end it
     sys.exit(0)
-run_main(lambda: 75 if how == "stop" else 3)  # rank 1: stops resumably (writes the marker) or crashes
+# rank 1: stops resumably (writes the marker) or crashes
+run_main(lambda: 75 if how == "stop" else 3)
 """
 
 
-@pytest.mark.parametrize("how, final, requeued", [("crash", "FAILED", False), ("stop", "COMPLETED", True)])
-def test_one_task_ending_ends_the_step_and_the_marker_decides_the_requeue(tmp_path, jobs, how, final, requeued):
-    """srun --kill-on-bad-exit (slurm/env.sh) ends the step as soon as one task exits non-zero, instead of
-    leaving the others until the collective timeout; srun's exit code then reflects the killed task (137), so
-    a stop is recognised by the requeue marker the stopping task wrote."""
+@pytest.mark.parametrize("how, final, requeued", [("crash", "FAILED", False),
+                                                  ("stop", "COMPLETED", True)])
+def test_one_task_ending_ends_the_step_and_the_marker_decides_the_requeue(tmp_path, jobs, how,
+                                                                          final, requeued):
+    """srun --kill-on-bad-exit (slurm/env.sh) ends the step as soon as one task exits non-zero,
+    instead of leaving the others until the collective timeout; srun's exit code then reflects the
+    killed task (137), so a stop is recognised by the requeue marker the stopping task wrote."""
     (tmp_path / "stub.py").write_text(ONE_TASK_ENDS)
     script = tmp_path / "job.sh"
     script.write_text(f"""#!/bin/bash
@@ -324,29 +361,34 @@ run_requeueable "${{SRUN[@]}}" "$PYTHON" {tmp_path}/stub.py {how}
     assert time.monotonic() - started < 200, job.describe()  # not the 600 s rank 0 sleeps
     assert ("REQUEUED" in job.history()) == requeued, job.describe()
     if requeued:
-        assert "a task stopped resumably" in job.text() and "restart count 1" in job.text(), job.describe()
+        assert ("a task stopped resumably" in job.text()
+                and "restart count 1" in job.text()), job.describe()
     assert not list((REPO / ".slurm-state").glob(f"requeue.{job.id}")), "the marker is consumed"
 
 
 def test_generate_array_then_export(smoke_run, standin, jobs):
-    """generate.sh as a 2-element job array (each element one rank), then export.sh after it (afterok)."""
+    """generate.sh as a 2-element job array (each element one rank), then export.sh after it
+    (afterok)."""
     train, run_dir = smoke_run
     assert train.state() == "COMPLETED", train.describe()
     # 2 blocks of 4 showers (~2 s per shower on one CPU thread)
-    env = smoke_env(standin, run_dir, "generate.model=teacher", "generate.n=8", f"generate.energies_from={standin['hdf5']}",
-                    "generate.block_size=4", "generate.layout.chunk_rows=4", "generate.layout.shard_rows=4")
+    env = smoke_env(standin, run_dir, "generate.model=teacher", "generate.n=8",
+                    f"generate.energies_from={standin['hdf5']}", "generate.block_size=4",
+                    "generate.layout.chunk_rows=4", "generate.layout.shard_rows=4")
     cwd = run_dir.parent
-    gen = slurm_job(REPO / "slurm" / "generate.sh", sbatch=["--array=0-1", "--nodes=1", "--ntasks-per-node=1",
-                                                            "--gpus-per-node=0", "--cpus-per-task=1", "--time=10"],
+    gen = slurm_job(REPO / "slurm" / "generate.sh",
+                    sbatch=["--array=0-1", "--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0",
+                            "--cpus-per-task=1", "--time=10"],
                     env=env, cwd=cwd, name="calo-test-generate")
     jobs.append(gen)
-    export = slurm_job(REPO / "slurm" / "export.sh", sbatch=[f"--dependency=afterok:{gen.id}", "--cpus-per-task=1",
-                                                             "--time=10"],
+    export = slurm_job(REPO / "slurm" / "export.sh",
+                       sbatch=[f"--dependency=afterok:{gen.id}", "--cpus-per-task=1", "--time=10"],
                        env=env, cwd=cwd, name="calo-test-export")
     jobs.append(export)
     export.wait(timeout=600)
     for element in ("0", "1"):
-        state = _run("sacct", "-j", f"{gen.id}_{element}", "-X", "-n", "-P", "-o", "State").stdout.split()
+        state = _run("sacct", "-j", f"{gen.id}_{element}", "-X", "-n", "-P",
+                     "-o", "State").stdout.split()
         assert state == ["COMPLETED"], (element, state)
     logs = "".join(p.read_text() for p in cwd.glob("calo-test-generate-*.out"))
     assert "--rank 0 --world-size 2" in logs and "--rank 1 --world-size 2" in logs, logs
@@ -359,19 +401,22 @@ def test_convert_script_with_mpi_ranks(standin, tmp_path, jobs):
     """convert.sh: 2 MPI ranks (srun --mpi=pmi2) write the same store as the direct conversion."""
     store = tmp_path / "showers.zarr"
     env = {"CONFIG": "configs/smoke.yaml",
-           "CALO_SET": f"data.inputs=[{standin['hdf5']}] data.store={store} data.layout.shard_rows=64"}
-    job = slurm_job(REPO / "slurm" / "convert.sh", sbatch=["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
-                                                           "--time=10"], env=env, cwd=tmp_path, name="calo-test-convert")
+           "CALO_SET": (f"data.inputs=[{standin['hdf5']}] data.store={store} "
+                        "data.layout.shard_rows=64")}
+    job = slurm_job(REPO / "slurm" / "convert.sh",
+                    sbatch=["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=10"],
+                    env=env, cwd=tmp_path, name="calo-test-convert")
     jobs.append(job)
     job.wait(timeout=600)
-    # without a working PMI each task would be a rank 0 of 1, converting (and reporting) everything itself
+    # without a working PMI each task would be a rank 0 of 1, converting (and reporting) everything
+    # itself
     assert job.text().count("convert: wrote 256 showers") == 1, job.describe()
     assert tree_bytes(store) == tree_bytes(standin["store"])
 
 
 def test_bad_config_fails_fast(tmp_path, jobs):
-    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path, name="calo-test-badconfig",
-                    env={"CONFIG": "configs/does-not-exist.yaml"})
+    job = slurm_job(REPO / "slurm" / "train_ds3.sh", sbatch=CPU_JOB, cwd=tmp_path,
+                    name="calo-test-badconfig", env={"CONFIG": "configs/does-not-exist.yaml"})
     jobs.append(job)
     job.wait(timeout=120, expect="FAILED")
     assert "CONFIG=configs/does-not-exist.yaml not found" in job.text()

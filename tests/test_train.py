@@ -1,7 +1,8 @@
-"""pipeline.train: config checks, schedule, EMA, checkpoints, and real runs (one process and torchrun -n 2).
+"""pipeline.train: config checks, schedule, EMA, checkpoints, and real runs (one process and
+torchrun -n 2).
 
-Runs use the tiny preset on a small stand-in ds2 store (45 x 16 x 9 voxels) so that a training step takes
-a fraction of a second on CPU. The helpers that run it are in tests/train_runs.py.
+Runs use the tiny preset on a small stand-in ds2 store (45 x 16 x 9 voxels) so that a training step
+takes a fraction of a second on CPU. The helpers that run it are in tests/train_runs.py.
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ def test_train_config_defaults_and_errors(tmp_path):
     assert cfg.train.zero_stage in (1, 2) and cfg.train.max_steps > cfg.train.warmup_steps
     load_config(REPO / "configs" / "smoke.yaml")
     load_config(REPO / "configs" / "ds2.yaml")
-    for override, key in [("train.zero_stage=3", "train.zero_stage"), ("train.precision=fp16", "train.precision"),
-                          ("train.lr=0", "train.lr"), ("train.betas=[0.9]", "train.betas"),
-                          ("train.grad_accum=0", "train.grad_accum"), ("train.ema_decay=1.0", "train.ema_decay"),
+    for override, key in [("train.zero_stage=3", "train.zero_stage"),
+                          ("device.precision=fp16", "device.precision"),
+                          ("train.lr=0", "train.lr"), ("optim.betas=[0.9]", "optim.betas"),
+                          ("train.grad_accum=0", "train.grad_accum"),
+                          ("train.ema_decay=1.0", "train.ema_decay"),
                           ("train.bogus=1", "train.bogus")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(REPO / "configs" / "smoke.yaml", [override])
@@ -68,14 +71,16 @@ def test_train_config_defaults_and_errors(tmp_path):
 def test_preflight_catches_mistakes_before_any_process_group(tmp_path, store):
     cfg_path = write_config(tmp_path / "c.yaml", store, tmp_path / "run")
     preflight(load_config(cfg_path), 2)
-    with pytest.raises(ConfigError, match=r"data\.batch_size: 4 does not divide evenly over 3 ranks"):
+    with pytest.raises(ConfigError,
+                       match=r"data\.global_batch_size: 4 does not divide evenly over 3 ranks"):
         preflight(load_config(cfg_path), 3)
     with pytest.raises(StoreError, match="not a zarr store"):
         preflight(load_config(cfg_path, [f"data.store={tmp_path / 'missing.zarr'}"]), 1)
     with pytest.raises(ConfigError, match=r"data\.geometry: the config says ds3 but .* holds ds2"):
         preflight(load_config(cfg_path, ["data.geometry=ds3"]), 1)
-    with pytest.raises(StreamError, match="needs at least"):  # 4 validation chunks cannot feed 8 ranks
-        preflight(load_config(cfg_path, ["data.batch_size=8"]), 8)
+    # 4 validation chunks cannot feed 8 ranks
+    with pytest.raises(StreamError, match="needs at least"):
+        preflight(load_config(cfg_path, ["data.global_batch_size=8"]), 8)
     with pytest.raises(CheckpointError, match="init_from"):
         preflight(load_config(cfg_path, [f"train.init_from={tmp_path}"]), 1)
     # the command line reports it with exit code 2, before DeepSpeed starts anything
@@ -88,7 +93,8 @@ def test_preflight_catches_mistakes_before_any_process_group(tmp_path, store):
 
 
 def test_parse_duration():
-    assert parse_duration("90") == 90 and parse_duration("90s") == 90 and parse_duration("30m") == 1800
+    assert (parse_duration("90") == 90 and parse_duration("90s") == 90
+            and parse_duration("30m") == 1800)
     assert parse_duration("1.5h") == 5400 and parse_duration("3:55:00") == 14100
     assert parse_duration("05:30") == 330 and parse_duration("1-00:00:00") == 86400
     with pytest.raises(ValueError):
@@ -96,9 +102,8 @@ def test_parse_duration():
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    t = load_config(None, ["data.inputs=[x]", "train.max_steps=100", "train.warmup_steps=10",
-                           "train.min_lr_ratio=0.1"]).train
-    factors = [lr_factor(s, t) for s in range(120)]
+    t = load_config(None, ["data.inputs=[x]", "train.max_steps=100", "train.warmup_steps=10"]).train
+    factors = [lr_factor(s, t, 0.1) for s in range(120)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
     assert factors[55] == pytest.approx(0.55) and factors[100] == pytest.approx(0.1) == factors[119]
@@ -134,10 +139,12 @@ def test_ema_export_roundtrip(tmp_path):
 
 
 def test_weights_saved_under_the_old_voxel_name_still_load(tmp_path):
-    """Files written before ``voxel_unet`` became ``voxel_net``: EMA exports, checkpoints' state dicts."""
+    """Files written before ``voxel_unet`` became ``voxel_net``: EMA exports, checkpoints' state
+    dicts."""
     def loss() -> DiffusionLoss:
         torch.manual_seed(0)
-        return DiffusionLoss(*build_models(ModelConfig(preset="tiny"), load_geometry("ds2")), CosineSchedule())
+        return DiffusionLoss(*build_models(ModelConfig(preset="tiny"), load_geometry("ds2")),
+                             CosineSchedule())
 
     old = {k.replace("voxel_net.", "voxel_unet.", 1): v + 1 for k, v in loss().state_dict().items()}
     assert any(k.startswith("voxel_unet.") for k in old)
@@ -177,7 +184,8 @@ def test_latest_only_names_complete_checkpoints(tmp_path):
     assert ck.latest_tag() is None
     for step in (2, 4, 6):
         (ck.dir / tag_for(step)).mkdir(parents=True)
-        (ck.dir / tag_for(step) / "train_state.json").write_text(json.dumps({"step": step, "world_size": 1}))
+        (ck.dir / tag_for(step) / "train_state.json").write_text(
+            json.dumps({"step": step, "world_size": 1}))
     (ck.dir / tag_for(8)).mkdir()  # a save killed half-way: no train_state.json, `latest` not moved
     (ck.dir / LATEST).write_text(tag_for(6))
     assert ck.latest_tag() == tag_for(6)
@@ -191,8 +199,8 @@ def test_latest_only_names_complete_checkpoints(tmp_path):
 # ------------------------------------------------------------------ real runs
 @pytest.mark.slow
 def test_interrupted_runs_resume_bit_identically(tmp_path, store):
-    """Uninterrupted run vs. one stopped by --time-limit, SIGKILLed, stopped by SIGUSR1 and resumed after
-    each: identical weights, EMA and logs (timing columns aside)."""
+    """Uninterrupted run vs. one stopped by --time-limit, SIGKILLed, stopped by SIGUSR1 and resumed
+    after each: identical weights, EMA and logs (timing columns aside)."""
     # train rows every 3 steps, checkpoints every 2: the interval of a row straddles a resume
     ref_cfg = write_config(tmp_path / "ref.yaml", store, tmp_path / "ref", log_every_steps=3)
     with open(tmp_path / "ref.log", "w") as log, started(ref_cfg, stderr=log, **ONE_THREAD) as ref:
@@ -209,25 +217,29 @@ def test_interrupted_runs_resume_bit_identically(tmp_path, store):
     assert read_record(run).ema_sha256 == done.ema_sha256
     for a, b in zip(final_weights(tmp_path / "ref"), final_weights(run)):
         assert_same_tensors(a, b)
-    assert comparable_rows(run / "logs" / "metrics.csv") == comparable_rows(tmp_path / "ref" / "logs" / "metrics.csv")
+    assert (comparable_rows(run / "logs" / "metrics.csv")
+            == comparable_rows(tmp_path / "ref" / "logs" / "metrics.csv"))
     assert [r["step"] for r in metrics(run, "val")] == ["0", "5", "10"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == [tag_for(8), tag_for(10)]
+    assert (sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+            == [tag_for(8), tag_for(10)])
     again = run_train(cfg)  # complete: nothing to do
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
 @pytest.mark.slow
 def test_speed_switches_do_not_change_the_loss_curve(tmp_path, store):
-    """train.channels_last (and the GPU-only fused_optimizer / cudnn_benchmark, no-ops here) keep the losses and
-    weights of the default run to float32 tolerance."""
+    """device.channels_last (and the GPU-only optim.fused / device.cudnn_benchmark, no-ops here)
+    keep the losses and weights of the default run to float32 tolerance."""
     runs = {}
-    for name, extra in (("plain", {}), ("fast", {"channels_last": True, "fused_optimizer": False,
-                                                  "cudnn_benchmark": False})):
-        cfg = write_config(tmp_path / f"{name}.yaml", store, tmp_path / name, max_steps=4, val_every_steps=0, **extra)
+    fast = {"device": {"channels_last": True, "cudnn_benchmark": False}, "optim": {"fused": False}}
+    for name, extra in (("plain", {}), ("fast", fast)):
+        cfg = write_config(tmp_path / f"{name}.yaml", store, tmp_path / name, extra, max_steps=4,
+                           validation={"every_steps": 0})
         proc = run_train(cfg, **ONE_THREAD)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = tmp_path / name
-    plain, fast = (np.array([float(r["loss"]) for r in metrics(runs[n])]) for n in ("plain", "fast"))
+    plain, fast = (np.array([float(r["loss"]) for r in metrics(runs[n])])
+                   for n in ("plain", "fast"))
     assert len(plain) == 4 and np.allclose(fast, plain, rtol=1e-4, atol=0)
     for a, b in zip(final_weights(runs["plain"]), final_weights(runs["fast"])):
         for key in a:
@@ -235,17 +247,19 @@ def test_speed_switches_do_not_change_the_loss_curve(tmp_path, store):
 
 
 def _interrupt_and_resume(cfg: Path, run: Path) -> None:
-    """SIGKILL before the first checkpoint (after the step-0 validation row), a fresh --time-limit stop, resume +
-    SIGKILL after a checkpoint, resume + SIGUSR1, resume to the end."""
+    """SIGKILL before the first checkpoint (after the step-0 validation row), a fresh --time-limit
+    stop, resume + SIGKILL after a checkpoint, resume + SIGUSR1, resume to the end."""
     log_file = run / "logs" / "metrics.csv"
     with started(cfg, **ONE_THREAD) as proc:
         wait_for(lambda: log_file.is_file() and ",val," in log_file.read_text(), proc)
         proc.kill()
         proc.wait()
-    shutil.rmtree(run / "checkpoints", ignore_errors=True)  # should the kill have come after a checkpoint:
-    (run / "DONE.json").unlink(missing_ok=True)               # logs written, no checkpoint, as wanted
+    # should the kill have come after a checkpoint: logs written, no checkpoint, as wanted
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+    (run / "DONE.json").unlink(missing_ok=True)
 
-    limited = run_train(cfg, "--time-limit", "1s", **ONE_THREAD)  # the first step already runs into the limit
+    # the first step already runs into the limit
+    limited = run_train(cfg, "--time-limit", "1s", **ONE_THREAD)
     assert limited.returncode == EXIT_REQUEUE, limited.stderr
     marker = json.loads((run / "REQUEUE").read_text())
     assert marker["reason"] == "time limit" and latest_step(run) == marker["step"] == 1
@@ -278,7 +292,7 @@ def _interrupt_and_resume(cfg: Path, run: Path) -> None:
 def test_torchrun_two_ranks_zero2_agree_and_learn(tmp_path, store):
     run = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", store, run, max_steps=16, lr=3e-3, zero_stage=2,
-                       checkpoint_every_steps=8, val_every_steps=8)
+                       checkpoint_every_steps=8, validation={"every_steps": 8})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pipeline.train", "--config", str(cfg)]
     result = run_group(cmd, timeout=240, env=clean_env(OMP_NUM_THREADS="1"))
@@ -290,15 +304,16 @@ def test_torchrun_two_ranks_zero2_agree_and_learn(tmp_path, store):
     assert len(metrics(run)) == 16
     val = metrics(run, "val")  # steps 0, 8, 16 on fixed validation showers, times and noise
     assert [int(r["step"]) for r in val] == [0, 8, 16]
-    assert float(val[-1]["loss"]) < float(val[0]["loss"]) and float(val[-1]["ema_loss"]) < float(val[0]["ema_loss"])
+    assert (float(val[-1]["loss"]) < float(val[0]["loss"])
+            and float(val[-1]["ema_loss"]) < float(val[0]["ema_loss"]))
     assert (run / "logs" / "tensorboard").is_dir()
 
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, store):
     run = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", store, run, lr=1e30, warmup_steps=0, grad_clip=0.0,
-                       checkpoint_every_steps=1, val_every_steps=0)
+    cfg = write_config(tmp_path / "c.yaml", store, run, {"optim": {"grad_clip": 0.0}}, lr=1e30,
+                       warmup_steps=0, checkpoint_every_steps=1, validation={"every_steps": 0})
     result = run_train(cfg)
     assert result.returncode == EXIT_NONFINITE, result.stderr
     assert "non-finite loss at step" in result.stderr and "last good checkpoint" in result.stderr

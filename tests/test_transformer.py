@@ -9,7 +9,13 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.data.stream import ShowerStream
-from pipeline.diffusion import CosineSchedule, NetworkSampling, distillation_losses, synthesize, training_losses
+from pipeline.diffusion import (
+    CosineSchedule,
+    NetworkSampling,
+    distillation_losses,
+    synthesize,
+    training_losses,
+)
 from pipeline.models import PRESETS, VoxelTransformer, build_models, count_parameters
 from pipeline.physics.geometry import load_geometry
 from pipeline.physics.preprocessing import Preprocessor

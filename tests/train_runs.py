@@ -1,5 +1,6 @@
-"""Helpers of the tests that run training as a user does (``python -m pipeline.train`` in a subprocess):
-a clean environment, a tiny config, process groups that are killed on time-out, and readers of the results."""
+"""Helpers of the tests that run training as a user does (``python -m pipeline.train`` in a
+subprocess): a clean environment, a tiny config, process groups that are killed on time-out, and
+readers of the results."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from pipeline.training.checkpoint import LATEST, step_of
 
 from conftest import REPO
 
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                    "MASTER_PORT")
 LAUNCH_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "SUBMITIT_", "MPI_LOCAL", "HYDRA_")
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -34,16 +36,21 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def write_config(path: Path, store: Path, run_dir: Path, **train) -> Path:
-    """A tiny training config for ``store``; ``train`` overrides the train section."""
+def write_config(path: Path, store: Path, run_dir: Path, sections: dict | None = None,
+                 **train) -> Path:
+    """A tiny training config for ``store``; ``train`` overrides keys of the train section,
+    ``sections`` adds other sections (e.g. ``{"optim": {"grad_clip": 0.0}}``)."""
     cfg = {
         "run": {"dir": str(run_dir), "seed": 7},
-        "data": {"geometry": "ds2", "inputs": ["unused.hdf5"], "store": str(store), "batch_size": 4,
-                 "shuffle_chunks": 4, "num_workers": 1, "prefetch_chunks": 4},
+        "data": {"geometry": "ds2", "inputs": ["unused.hdf5"], "store": str(store),
+                 "global_batch_size": 4, "shuffle_chunks": 4, "num_workers": 1,
+                 "prefetch_chunks": 4},
         "model": {"preset": "tiny"},
         "train": {"max_steps": 10, "lr": 1e-3, "warmup_steps": 2, "checkpoint_every_steps": 2,
-                  "checkpoint_every_minutes": 0, "val_every_steps": 5, "val_batches": 2, "log_every_steps": 1,
-                  "ema_decay": 0.99, **train},
+                  "checkpoint_every_minutes": 0,
+                  "validation": {"every_steps": 5, "per_rank_batches": 2},
+                  "log_every_steps": 1, "ema_decay": 0.99, **train},
+        **(sections or {}),
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -53,14 +60,16 @@ def train_cmd(config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.train", "--config", str(config), *args]
 
 
-def run_train(config: Path, *args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+def run_train(config: Path, *args: str, timeout: float = 180,
+              **env: str) -> subprocess.CompletedProcess:
     return run_group(train_cmd(config, *args), timeout=timeout, env=clean_env(**env))
 
 
 def run_group(cmd: list[str], timeout: float, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in its own session; on time-out kill the whole group (launchers leave workers behind)."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    """Run ``cmd`` in its own session; on time-out kill the whole group (launchers leave workers
+    behind)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -73,8 +82,8 @@ def run_group(cmd: list[str], timeout: float, env: dict[str, str]) -> subprocess
 @contextlib.contextmanager
 def started(config: Path, stderr=subprocess.DEVNULL, **env: str):
     """A training process in the background, killed on exit if still running."""
-    proc = subprocess.Popen(train_cmd(config), cwd=REPO, env=clean_env(**env), stdout=subprocess.DEVNULL,
-                            stderr=stderr, text=True)
+    proc = subprocess.Popen(train_cmd(config), cwd=REPO, env=clean_env(**env),
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:
         yield proc
     finally:
@@ -89,10 +98,12 @@ def metrics(run_dir: Path, kind: str = "train") -> list[dict[str, str]]:
 
 
 def final_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(trained weights of the last checkpoint, EMA export) of a finished run, loaded weights-only."""
+    """(trained weights of the last checkpoint, EMA export) of a finished run, loaded
+    weights-only."""
     done = read_record(run_dir)
     assert done is not None
-    model = torch.load(Path(done.checkpoint) / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    model = torch.load(Path(done.checkpoint) / "mp_rank_00_model_states.pt",
+                       weights_only=True)["module"]
     ema, _ = load_ema_weights(done.ema)
     return model, {f"{net}.{k}": v for net, sd in ema.items() for k, v in sd.items()}
 

@@ -1,8 +1,9 @@
 """The ``launch`` section of the config: where and with what resources each stage's job runs.
 
-Used by ``pipeline.launch`` (submitit); the ``#SBATCH`` defaults of the ``slurm/`` scripts are the same
-(tests/test_slurm_scripts.py compares them). GPU stages run one task per GPU; every task of a train, distill or generate job is a
-rank; convert's tasks are MPI ranks (``srun --mpi=<mpi>``); export and evaluate run as one task.
+Used by ``pipeline.launch`` (submitit); the ``#SBATCH`` defaults of the ``slurm/`` scripts are the
+same (tests/test_slurm_scripts.py compares them). GPU stages run one task per GPU; every task of a
+train, distill or generate job is a rank; convert's tasks are MPI ranks (``srun --mpi=<mpi>``);
+export and evaluate run as one task.
 """
 
 from __future__ import annotations
@@ -49,29 +50,38 @@ class StageResources:
 
 
 def _gpu(nodes: int, minutes: int) -> StageResources:
-    return StageResources(nodes=nodes, tasks_per_node=4, gpus_per_node=4, cpus_per_task=8, time_minutes=minutes)
+    return StageResources(nodes=nodes, tasks_per_node=4, gpus_per_node=4, cpus_per_task=8,
+                          time_minutes=minutes)
 
 
 @dataclass
 class LaunchConfig:
-    """Scheduler settings of ``pipeline.launch``: executor, partition/account, per-stage resources."""
+    """Scheduler settings of ``pipeline.launch``: executor, partition/account, per-stage
+    resources."""
 
-    executor: Literal["slurm", "local"] = "slurm"  # local: submitit's LocalExecutor on this machine, in order
+    # local: submitit's LocalExecutor on this machine, in order
+    executor: Literal["slurm", "local"] = "slurm"
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
-    setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load, venv)
-    signal_seconds: int = WARNING_SECONDS  # SIGUSR1 this long before the time limit: checkpoint and requeue
+    # shell lines run before each job (module load, venv)
+    setup: list[str] = field(default_factory=list)
+    # SIGUSR1 this long before the time limit: checkpoint and requeue
+    signal_seconds: int = WARNING_SECONDS
     max_requeues: int = MAX_REQUEUES  # per stage, for time-outs
     mpi: str = "pmi2"  # srun --mpi=<this> for a convert job with more than one task
-    additional_parameters: dict[str, Any] = field(default_factory=dict)  # more #SBATCH options, e.g. {constraint: a100}
-    convert: StageResources = field(default_factory=lambda: StageResources(tasks_per_node=16, cpus_per_task=2))
+    # more #SBATCH options, e.g. {constraint: a100}
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    convert: StageResources = field(
+        default_factory=lambda: StageResources(tasks_per_node=16, cpus_per_task=2))
     train: StageResources = field(default_factory=lambda: _gpu(4, 24 * 60))
     distill: StageResources = field(default_factory=lambda: _gpu(2, 12 * 60))
     generate: StageResources = field(default_factory=lambda: _gpu(4, 4 * 60))
-    export: StageResources = field(default_factory=lambda: StageResources(cpus_per_task=4, time_minutes=120))
-    evaluate: StageResources = field(default_factory=lambda: StageResources(gpus_per_node=1, cpus_per_task=8,
-                                                                            mem_gb=64, time_minutes=120))
+    export: StageResources = field(
+        default_factory=lambda: StageResources(cpus_per_task=4, time_minutes=120))
+    evaluate: StageResources = field(
+        default_factory=lambda: StageResources(gpus_per_node=1, cpus_per_task=8, mem_gb=64,
+                                               time_minutes=120))
 
     def check(self, path: str) -> None:
         if self.signal_seconds < 0:
@@ -85,10 +95,13 @@ class LaunchConfig:
                                   f"{path}.{stage}.time_minutes ({res.time_minutes} min)")
         for stage in SINGLE_TASK_STAGES:
             if self.resources(stage).tasks != 1:
-                raise ConfigError(f"{path}.{stage}: runs as one task; set nodes: 1 and tasks_per_node: 1")
-        reserved = {"dependency", "signal", "requeue", "output", "error", "job-name"} & set(self.additional_parameters)
+                raise ConfigError(f"{path}.{stage}: runs as one task; set nodes: 1 and "
+                                  f"tasks_per_node: 1")
+        reserved = ({"dependency", "signal", "requeue", "output", "error", "job-name"}
+                    & set(self.additional_parameters))
         if reserved:
-            raise ConfigError(f"{path}.additional_parameters: {sorted(reserved)[0]} is set by pipeline.launch")
+            raise ConfigError(f"{path}.additional_parameters: {sorted(reserved)[0]} is set by "
+                              f"pipeline.launch")
 
     def resources(self, stage: str) -> StageResources:
         if stage not in STAGES:

@@ -1,6 +1,7 @@
 """Typed YAML configs: dataclasses from nested dicts, dotted overrides, strict errors.
 
-Every mistake names the full key path, e.g. ``data.batch_size: expected int, got 'x'``.
+Every mistake names the full key path, e.g.
+``data.global_batch_size: expected an integer, got 'x'``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for section {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{path}: expected a mapping for section {tp.__name__}, "
+                              f"got {value!r}")
         return from_dict(tp, value, path)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
@@ -44,7 +46,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 return _convert(value, option, path)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {_type_name(tp)}")
+        raise ConfigError(errors[0] if len(errors) == 1
+                          else f"{path}: {value!r} matches none of {_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{path}: expected one of {list(get_args(tp))}, got {value!r}")
@@ -93,7 +96,8 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
         kwargs[name] = _convert(value, hints[name], f"{path}.{name}" if path else name)
     missing = [
         n for n, f in fields.items()
-        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if n not in kwargs and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
     ]
     if missing:
         raise ConfigError(f"{path + '.' if path else ''}{missing[0]}: required key is missing")
@@ -131,7 +135,8 @@ def apply_override(data: dict, assignment: str) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section; cannot set {key}")
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section; "
+                              f"cannot set {key}")
         node = child
     node[parts[-1]] = value
 
@@ -154,12 +159,16 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] = ()) -> T:
-    """Read ``path`` (or start from defaults when None), apply overrides, build and check ``cls``."""
+def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] = (), *,
+         prepare: typing.Callable[[dict], object] | None = None) -> T:
+    """Read ``path`` (or start from defaults when None), apply overrides, ``prepare`` the nested
+    dict (e.g. reject or move renamed keys), build and check ``cls``."""
     data = read_yaml(path) if path is not None else {}
     try:
         for assignment in overrides:
             apply_override(data, assignment)
+        if prepare is not None:
+            prepare(data)
         return from_dict(cls, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path is not None else str(err)) from None
@@ -179,5 +188,5 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
     parser.add_argument("--config", required=required, help="YAML config file (see configs/)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-        help="override one config value, e.g. --set data.batch_size=64 (repeatable)",
+        help="override one config value, e.g. --set data.global_batch_size=64 (repeatable)",
     )

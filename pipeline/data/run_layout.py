@@ -2,14 +2,16 @@
 
     <run.dir>/                     training run (config.yaml, checkpoints/, ema/, logs/, DONE.json)
     <run.dir>/distill/stage_K/     distillation stage K (same layout, DONE.json names its steps)
-    <run.dir>/samples/generated.zarr   generated sample (+ .blocks/ markers, .manifest.json written last)
+    <run.dir>/samples/generated.zarr   generated sample (+ .blocks/ markers, .manifest.json
+                                       written last)
     <run.dir>/samples/generated.hdf5   its CaloChallenge HDF5 export
     <run.dir>/evaluation/          report and plots (report.json written last)
     <run.dir>/launch/              pipeline.launch: jobs.json, config.yaml, logs/
 
-Every stage writes its completion marker last and atomically, so ``pipeline.launch`` and the demo skip
-exactly the finished stages. ``DONE.json`` of a training run or distillation stage is a
-:class:`pipeline.data.run_record.RunRecord` (distillation reads its teacher's, generation its model's).
+Every stage writes its completion marker last and atomically, so ``pipeline.launch`` and the demo
+skip exactly the finished stages. ``DONE.json`` of a training run or distillation stage is a
+:class:`pipeline.data.run_record.RunRecord` (distillation reads its teacher's, generation its
+model's).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 from pathlib import Path
 
 from pipeline.config import Config, ConfigError
-from pipeline.data.run_record import DONE_FILE  # noqa: F401  (the marker of a finished run or stage)
+from pipeline.data.run_record import DONE_FILE  # noqa: F401  (marker of a finished run or stage)
 
 REQUEUE_FILE = "REQUEUE"  # stopped early with a checkpoint: re-run to continue
 REPORT_FILE = "report.json"
@@ -34,16 +36,16 @@ def distill_dir(cfg: Config, stage: int) -> Path:
 
 
 def n_stages(cfg: Config) -> int:
-    return len(cfg.distill.student_steps(cfg.diffusion.sample_steps))
+    return len(cfg.distill.student_steps(cfg.sampling.steps))
 
 
 def stage_steps(cfg: Config, stage: int) -> int:
-    """Sampling steps of stage ``stage`` (0: the teacher's ``diffusion.sample_steps``)."""
+    """Sampling steps of stage ``stage`` (0: the teacher's ``sampling.steps``)."""
     if not 0 <= stage <= n_stages(cfg):
         raise ConfigError(f"stage {stage}: this config has stages 0..{n_stages(cfg)} "
-                          f"(diffusion.sample_steps {cfg.diffusion.sample_steps} -> distill.final_steps "
+                          f"(sampling.steps {cfg.sampling.steps} -> distill.final_steps "
                           f"{cfg.distill.final_steps})")
-    return cfg.diffusion.sample_steps >> stage
+    return cfg.sampling.steps >> stage
 
 
 def model_dir(cfg: Config, model: str | None = None) -> Path:
@@ -62,23 +64,27 @@ def model_dir(cfg: Config, model: str | None = None) -> Path:
 
 
 def sample_path(cfg: Config) -> Path:
-    return Path(cfg.generate.out) if cfg.generate.out else train_dir(cfg) / "samples" / "generated.zarr"
+    return (Path(cfg.generate.out) if cfg.generate.out
+            else train_dir(cfg) / "samples" / "generated.zarr")
 
 
 def sample_manifest(sample: str | Path) -> Path:
-    """``SAMPLE.manifest.json`` beside a generated sample: written last, it marks the sample complete."""
+    """``SAMPLE.manifest.json`` beside a generated sample: written last, it marks the sample
+    complete."""
     sample = Path(sample)
     return sample.with_name(sample.name + ".manifest.json")
 
 
 def sample_blocks_dir(sample: str | Path) -> Path:
-    """``SAMPLE.blocks/`` beside a generated sample: a marker per finished block (outside the zarr hierarchy)."""
+    """``SAMPLE.blocks/`` beside a generated sample: a marker per finished block (outside the zarr
+    hierarchy)."""
     sample = Path(sample)
     return sample.with_name(sample.name + ".blocks")
 
 
 def export_path(cfg: Config) -> Path:
-    return Path(cfg.generate.export) if cfg.generate.export else sample_path(cfg).with_suffix(".hdf5")
+    return (Path(cfg.generate.export) if cfg.generate.export
+            else sample_path(cfg).with_suffix(".hdf5"))
 
 
 def launch_dir(cfg: Config) -> Path:

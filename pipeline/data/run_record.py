@@ -1,10 +1,11 @@
-"""``DONE.json``: the record a finished training run or distillation stage hands to the next stage.
+"""``DONE.json``: the record a finished training run or distillation stage hands to the next
+stage.
 
-Written once, last and atomically, by the trainer (:meth:`RunRecord.write`); read by distillation (its
-teacher's), generation (its model's), ``pipeline.launch``, the demo and the benchmarks (:func:`read_record`).
-Paths inside the run directory are stored relative to it and read back as absolute paths. Files written
-before the record had a version (version 1: no ``record_version`` key, no distillation fields on a training
-run) are still read.
+Written once, last and atomically, by the trainer (:meth:`RunRecord.write`); read by distillation
+(its teacher's), generation (its model's), ``pipeline.launch``, the demo and the benchmarks
+(:func:`read_record`). Paths inside the run directory are stored relative to it and read back as
+absolute paths. Files written before the record had a version (version 1: no ``record_version``
+key, no distillation fields on a training run) are still read.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ _PATHS = ("ema", "config", "checkpoint")  # relative to the run directory in the
 
 
 class RunRecordError(ConfigError):
-    """A ``DONE.json`` that is not a run record this code can read (the stages report it as an input error)."""
+    """A ``DONE.json`` that is not a run record this code can read (the stages report it as an
+    input error)."""
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """What a finished run is: where its weights are, what it trained, how, and (distillation) from what."""
+    """What a finished run is: where its weights are, what it trained, how, and (distillation)
+    from what."""
 
     step: int  # optimiser steps done
     samples: int  # showers seen
@@ -60,7 +63,8 @@ class RunRecord:
     ranks_agree: bool = True
 
     def write(self, run_dir: str | Path) -> Path:
-        """``<run_dir>/DONE.json``, atomically; paths under ``run_dir`` are stored relative to it."""
+        """``<run_dir>/DONE.json``, atomically; paths under ``run_dir`` are stored relative to
+        it."""
         run_dir = Path(run_dir)
         record: dict[str, Any] = {"status": "done", "record_version": RECORD_VERSION}
         for f in dataclasses.fields(self):
@@ -74,11 +78,14 @@ class RunRecord:
     @classmethod
     def of_export(cls, cfg: Config, run_dir: Path, ema: Path, *, sample_steps: int,
                   config_source: Optional[str] = None) -> RunRecord:
-        """The record of a run put together from an EMA export without training (tests, benchmarks)."""
-        return cls(step=0, samples=0, epoch=0, ema=ema, checkpoint=run_dir / "none", config=run_dir / RESOLVED_CONFIG,
-                   config_source=config_source, store=str(Path(cfg.data.store).resolve()), geometry=cfg.data.geometry,
-                   preset=cfg.model.preset, max_steps=0, world_size=1, zero_stage=0, precision="fp32",
-                   launcher="none", networks=("layers", "voxels"), sample_steps=sample_steps)
+        """The record of a run put together from an EMA export without training (tests,
+        benchmarks)."""
+        return cls(step=0, samples=0, epoch=0, ema=ema, checkpoint=run_dir / "none",
+                   config=run_dir / RESOLVED_CONFIG, config_source=config_source,
+                   store=str(Path(cfg.data.store).resolve()), geometry=cfg.data.geometry,
+                   preset=cfg.model.preset, max_steps=0, world_size=1, zero_stage=0,
+                   precision="fp32", launcher="none", networks=("layers", "voxels"),
+                   sample_steps=sample_steps)
 
 
 def _relative(path: Path, run_dir: Path) -> str:
@@ -89,7 +96,8 @@ def _relative(path: Path, run_dir: Path) -> str:
 
 
 def read_record(run_dir: str | Path) -> RunRecord | None:
-    """The record of a finished run (absolute paths), or None when ``run_dir`` has no ``DONE.json``."""
+    """The record of a finished run (absolute paths), or None when ``run_dir`` has no
+    ``DONE.json``."""
     run_dir = Path(run_dir)
     path = run_dir / DONE_FILE
     if not path.is_file():
@@ -100,13 +108,15 @@ def read_record(run_dir: str | Path) -> RunRecord | None:
         raise RunRecordError(f"{path}: not JSON ({err})") from None
     version = raw.get("record_version", 1) if isinstance(raw, dict) else None
     if version is None or raw.get("status") != "done" or version > RECORD_VERSION:
-        raise RunRecordError(f"{path}: not a run record this version reads (expected a JSON object with status "
-                             f"'done' and record_version <= {RECORD_VERSION})")
+        raise RunRecordError(f"{path}: not a run record this version reads (expected a JSON "
+                             f"object with status 'done' and record_version <= {RECORD_VERSION})")
     names = {f.name for f in dataclasses.fields(RunRecord)}
     values = {k: v for k, v in raw.items() if k in names}
-    if version == 1:  # before the record: a training run had no stage or sample_steps, no networks before both
+    # before the record: a training run had no stage or sample_steps, no networks before both
+    if version == 1:
         values.setdefault("networks", ["layers", "voxels"])
-        values.setdefault("sample_steps", _config_sample_steps(run_dir / raw.get("config", RESOLVED_CONFIG)))
+        values.setdefault("sample_steps",
+                          _config_sample_steps(run_dir / raw.get("config", RESOLVED_CONFIG)))
     missing = sorted(f.name for f in dataclasses.fields(RunRecord)
                      if f.name not in values and f.default is dataclasses.MISSING
                      and f.default_factory is dataclasses.MISSING)
@@ -124,4 +134,5 @@ def _config_sample_steps(config: Path) -> int:
     try:
         return int(yaml.safe_load(config.read_text())["diffusion"]["sample_steps"])
     except (OSError, KeyError, TypeError, ValueError) as err:
-        raise RunRecordError(f"{config}: cannot read diffusion.sample_steps of this older run ({err})") from None
+        raise RunRecordError(f"{config}: cannot read diffusion.sample_steps (now sampling.steps) "
+                             f"of this older run ({err})") from None

@@ -32,7 +32,14 @@ import numpy as np
 
 from pipeline.config import StoreLayout
 from pipeline.data.run_layout import REQUEUE_FILE, sample_blocks_dir, sample_manifest
-from pipeline.data.shower_store import FORMAT_NAME, FORMAT_VERSION, ShowerStore, StoreError, create_arrays, read_attrs
+from pipeline.data.shower_store import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ShowerStore,
+    StoreError,
+    create_arrays,
+    read_attrs,
+)
 from pipeline.physics.geometry import Geometry
 from pipeline.runtime.files import atomic_write_json, utc_now
 from pipeline.runtime.lock_file import LockFile

@@ -9,7 +9,13 @@ Owns: the mathematics of training targets and sampling; networks are passed in a
 
 from pipeline.diffusion.ddim import ddim_step, distillation_target, sample, time_grid
 from pipeline.diffusion.distillation import distillation_losses, student_times
-from pipeline.diffusion.noise import NoiseSource, counter_normals, shower_seed, stream_keys, uniform_from_seeds
+from pipeline.diffusion.noise import (
+    NoiseSource,
+    counter_normals,
+    shower_seed,
+    stream_keys,
+    uniform_from_seeds,
+)
 from pipeline.diffusion.schedule import (
     NETWORKS,
     CosineSchedule,

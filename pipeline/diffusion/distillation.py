@@ -17,7 +17,14 @@ import torch
 from torch import Tensor
 
 from pipeline.diffusion.ddim import distillation_target
-from pipeline.diffusion.schedule import NETWORKS, CosineSchedule, Prediction, as_v, diffuse, prediction_loss
+from pipeline.diffusion.schedule import (
+    NETWORKS,
+    CosineSchedule,
+    Prediction,
+    as_v,
+    diffuse,
+    prediction_loss,
+)
 
 
 def student_times(n: int, student_steps: int, device: torch.device,

@@ -33,7 +33,13 @@ from scipy.special import expit
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.evaluation.calibration import Isotonic, auc, auc_null_std, binary_cross_entropy, jsd_estimate
+from pipeline.evaluation.calibration import (
+    Isotonic,
+    auc,
+    auc_null_std,
+    binary_cross_entropy,
+    jsd_estimate,
+)
 from pipeline.evaluation.sparse_rows import SparseRows
 
 SPLIT = (0.6, 0.2, 0.2)

@@ -13,7 +13,12 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from pipeline.evaluation.observables import ENERGY_BIN_LABELS, FAMILIES, SampleObservables, radial_profile  # noqa: E402
+from pipeline.evaluation.observables import (  # noqa: E402
+    ENERGY_BIN_LABELS,
+    FAMILIES,
+    SampleObservables,
+    radial_profile,
+)
 from pipeline.evaluation.separation import Separation  # noqa: E402
 
 GEN, REF = "tab:red", "tab:blue"

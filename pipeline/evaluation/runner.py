@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.samples import Sample, check_compatible
-from pipeline.evaluation.classifier import ClassifierConfig, DenseFeatures, LowLevelFeatures, classifier_test
+from pipeline.evaluation.classifier import (
+    ClassifierConfig,
+    DenseFeatures,
+    LowLevelFeatures,
+    classifier_test,
+)
 from pipeline.evaluation.observables import (
     ENERGY_BIN_LABELS,
     ENERGY_BINS_MEV,
@@ -27,7 +32,13 @@ from pipeline.evaluation.observables import (
 )
 from pipeline.evaluation.physics_distance import fpd, kpd
 from pipeline.evaluation.published import published_rows
-from pipeline.evaluation.separation import N_BINS, Separation, compare, compare_grouped_counts, family_summary
+from pipeline.evaluation.separation import (
+    N_BINS,
+    Separation,
+    compare,
+    compare_grouped_counts,
+    family_summary,
+)
 
 #: fewest showers per sample in an incident-energy bin for its separation powers
 MIN_BIN_SHOWERS = 20

@@ -1,5 +1,6 @@
-"""Generating a rank's blocks: batches through the sampler, whole shards into the sample store (written beside
-the computation), a marker per finished block; plus the device and the batch size that fill it."""
+"""Generating a rank's blocks: batches through the sampler, whole shards into the sample store
+(written beside the computation), a marker per finished block; plus the device and the batch size
+that fill it."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ CPU_BATCH = 64
 def pick_device(local_rank: int) -> torch.device:
     """This local rank's GPU, or the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", bind_local_gpu(local_rank))  # more ranks than GPUs on a node is an error
+        # more ranks than GPUs on a node is an error
+        return torch.device("cuda", bind_local_gpu(local_rank))
     return torch.device("cpu")
 
 
@@ -38,18 +40,22 @@ def largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
 
 
-def auto_batch_size(sampler: Sampler, device: torch.device, precision: str, shard_rows: int) -> int:
-    """Showers per forward pass: the largest divisor of ``shard_rows`` (:func:`generate_blocks` cuts batches at
-    shard boundaries, so any other size leaves a short batch in every shard, padded to full size under
-    ``generate.compile``) that fits ~70 % of the free GPU memory; on the CPU the largest up to ``CPU_BATCH``.
+def auto_batch_size(sampler: Sampler, device: torch.device, precision: str,
+                    shard_rows: int) -> int:
+    """Showers per forward pass: the largest divisor of ``shard_rows`` (:func:`generate_blocks` cuts
+    batches at shard boundaries, so any other size leaves a short batch in every shard, padded to
+    full size under ``generate.compile``) that fits ~70 % of the free GPU memory; on the CPU the
+    largest up to ``CPU_BATCH``.
 
-    Memory per shower is the slope between 16 and 64 showers, measured on the uncompiled networks (a compiled
-    sampler would compile twice more per network) after a warm-up call (cuDNN's algorithm search and workspaces
-    are not per-shower memory)."""
+    Memory per shower is the slope between 16 and 64 showers, measured on the uncompiled networks
+    (a compiled sampler would compile twice more per network) after a warm-up call (cuDNN's
+    algorithm search and workspaces are not per-shower memory)."""
     if device.type != "cuda":
         return largest_divisor(shard_rows, CPU_BATCH)
-    plain = replace(sampler, **{name: replace(spec, model=getattr(spec.model, "_orig_mod", spec.model))
-                                for name, spec in (("layer", sampler.layer), ("voxel", sampler.voxel))})
+    plain = replace(sampler, **{name: replace(spec,
+                                              model=getattr(spec.model, "_orig_mod", spec.model))
+                                for name, spec in (("layer", sampler.layer),
+                                                   ("voxel", sampler.voxel))})
 
     def peak(b: int) -> int:
         torch.cuda.empty_cache()
@@ -67,32 +73,38 @@ def auto_batch_size(sampler: Sampler, device: torch.device, precision: str, shar
     return largest_divisor(shard_rows, max(1, fits))
 
 
-def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEnergies, blocks: list[int], *,
-                    batch_size: int, precision: str, device: torch.device, rank: int, signals: StopSignals,
-                    pad: bool, progress: bool, writer_threads: int = 2) -> bool:
-    """Generate and write ``blocks``; False if a stop signal ended it early (the current block is redone).
+def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEnergies,
+                    blocks: list[int], *, batch_size: int, precision: str, device: torch.device,
+                    rank: int, signals: StopSignals, pad: bool, progress: bool,
+                    writer_threads: int = 2) -> bool:
+    """Generate and write ``blocks``; False if a stop signal ended it early (the current block is
+    redone).
 
-    The device computes batch k + 1 while batch k travels to the host and earlier shards are compressed and
-    written by ``writer_threads`` threads (:mod:`pipeline.generation.shard_writer`; 0: all in this thread).
+    The device computes batch k + 1 while batch k travels to the host and earlier shards are
+    compressed and written by ``writer_threads`` threads (:mod:`pipeline.generation.shard_writer`;
+    0: all in this thread).
     """
     total = sum(b - a for a, b in map(sample.rows, blocks))
     shard = sample.store.shard_rows
-    bar = tqdm(total=total, unit="shower", unit_scale=True, disable=not progress, desc="generate", dynamic_ncols=True)
+    bar = tqdm(total=total, unit="shower", unit_scale=True, disable=not progress, desc="generate",
+               dynamic_ncols=True)
 
     def finished(block: int, info: dict[str, Any]) -> None:
         start, stop = sample.rows(block)
         seconds = info.pop("finished") - info.pop("t0")
-        sample.mark_done(block, {"seconds": seconds, **info, "showers_per_s": (stop - start) / seconds})
+        sample.mark_done(block, {"seconds": seconds, **info,
+                                 "showers_per_s": (stop - start) / seconds})
         if not progress:
-            print(f"generate: rank {rank} block {block} ({start}-{stop}) {(stop - start) / seconds:.1f} showers/s",
-                  file=sys.stderr)
+            print(f"generate: rank {rank} block {block} ({start}-{stop}) "
+                  f"{(stop - start) / seconds:.1f} showers/s", file=sys.stderr)
 
     writer = ShardWriter(sample, writer_threads, finished)
     try:
         for block in blocks:
             start, stop = sample.rows(block)
-            writer.begin_block(block, {"t0": time.perf_counter(), "started_at": utc_now(), "rank": rank,
-                                       "host": socket.gethostname(), "device": str(device), "precision": precision,
+            writer.begin_block(block, {"t0": time.perf_counter(), "started_at": utc_now(),
+                                       "rank": rank, "host": socket.gethostname(),
+                                       "device": str(device), "precision": precision,
                                        "batch_size": batch_size, "writer_threads": writer_threads})
             e_block = energies(start, stop)
             for s0 in range(start, stop, shard):

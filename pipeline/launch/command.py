@@ -36,7 +36,15 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pipeline.config import Config, ConfigError, add_config_arguments, load_config, read_yaml, save, to_dict
+from pipeline.config import (
+    Config,
+    ConfigError,
+    add_config_arguments,
+    load_config,
+    read_yaml,
+    save,
+    to_dict,
+)
 from pipeline.data.run_layout import launch_dir
 from pipeline.launch.executors import make_executor, stage_resources
 from pipeline.launch.jobs import JobRecord, SchedulerError, job_states

@@ -10,7 +10,9 @@ from typing import Any, Optional
 from pipeline.config import Config, StageResources
 from pipeline.data.run_layout import launch_dir
 from pipeline.launch.plan import Stage
-from pipeline.runtime.requeue_policy import WARNING_SIGNAL as SIGNAL  # submitit's timeout signal in our jobs
+from pipeline.runtime.requeue_policy import (
+    WARNING_SIGNAL as SIGNAL,  # submitit's timeout signal in our jobs
+)
 
 
 def stage_resources(cfg: Config, stage: Stage, executor: str) -> StageResources:

@@ -1,18 +1,21 @@
-"""The job step of every ``slurm/*.sh`` script: run ``srun python -m <stage> ...``, then apply the requeue policy.
+"""The job step of every ``slurm/*.sh`` script: run ``srun python -m <stage> ...``, then apply the
+requeue policy.
 
     python -m pipeline.launch.job_step -- srun ... python -m pipeline.train --config ...
-    python -m pipeline.launch.job_step --time-limit-args    # "--time-limit N" from the job's time left, or ""
+    # "--time-limit N" from the job's time left, or ""
+    python -m pipeline.launch.job_step --time-limit-args
 
-The batch script ``exec``s it (``run_requeueable`` in ``slurm/env.sh``), so signals sent to the batch shell
-reach it: SIGUSR1 and SIGTERM are forwarded to srun, which passes them to every task. When the step ends, a
-requeue marker left by a task that stopped resumably counts as exit 75: under ``srun --kill-on-bad-exit`` the
-first task to exit makes srun kill the others, so srun's exit code describes the killed tasks, not the stop.
-:func:`pipeline.runtime.requeue_policy.decide` then says whether ``scontrol requeue`` runs (exit 0) or the
-step's code is passed on. ``pipeline.launch``'s jobs follow the same policy (:mod:`.stage_job`).
+The batch script ``exec``s it (``run_requeueable`` in ``slurm/env.sh``), so signals sent to the
+batch shell reach it: SIGUSR1 and SIGTERM are forwarded to srun, which passes them to every task.
+When the step ends, a requeue marker left by a task that stopped resumably counts as exit 75: under
+``srun --kill-on-bad-exit`` the first task to exit makes srun kill the others, so srun's exit code
+describes the killed tasks, not the stop. :func:`pipeline.runtime.requeue_policy.decide` then says
+whether ``scontrol requeue`` runs (exit 0) or the step's code is passed on. ``pipeline.launch``'s
+jobs follow the same policy (:mod:`.stage_job`).
 
 Environment: ``SLURM_JOB_ID``, ``SLURM_RESTART_COUNT``; ``CALO_MAX_REQUEUES`` (default
-``requeue_policy.MAX_REQUEUES``), ``CALO_TIME_MARGIN`` (default ``TIME_MARGIN_SECONDS``), ``CALO_STATE_DIR``
-(where markers go, default ``./.slurm-state``: every node must see it).
+``requeue_policy.MAX_REQUEUES``), ``CALO_TIME_MARGIN`` (default ``TIME_MARGIN_SECONDS``),
+``CALO_STATE_DIR`` (where markers go, default ``./.slurm-state``: every node must see it).
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ def log(message: str, env: Mapping[str, str] = os.environ) -> None:
     """``[date time] job 123 (restart 1): message`` on stdout, the job's log."""
     job = env.get("SLURM_JOB_ID")
     restart = f" (restart {env['SLURM_RESTART_COUNT']})" if env.get("SLURM_RESTART_COUNT") else ""
-    print(f"[{time.strftime('%F %T')}] {f'job {job}{restart}: ' if job else ''}{message}", flush=True)
+    print(f"[{time.strftime('%F %T')}] {f'job {job}{restart}: ' if job else ''}{message}",
+          flush=True)
 
 
 def requeue_marker(env: Mapping[str, str]) -> Path:
-    """``$CALO_REQUEUE_MARKER``, else ``<CALO_STATE_DIR or .slurm-state>/requeue.<job id or pid>``."""
+    """``$CALO_REQUEUE_MARKER``, else
+    ``<CALO_STATE_DIR or .slurm-state>/requeue.<job id or pid>``."""
     if env.get(REQUEUE_MARKER_VARIABLE):
         return Path(env[REQUEUE_MARKER_VARIABLE])
     job = env.get("SLURM_JOB_ID") or f"pid{os.getpid()}"
@@ -55,12 +60,13 @@ def requeue_marker(env: Mapping[str, str]) -> Path:
 
 
 def time_limit_args(env: Mapping[str, str]) -> list[str]:
-    """``["--time-limit", N]``: the job's remaining time (squeue ``%L``) less ``CALO_TIME_MARGIN``; [] if none."""
+    """``["--time-limit", N]``: the job's remaining time (squeue ``%L``) less ``CALO_TIME_MARGIN``;
+    [] if none."""
     if not env.get("SLURM_JOB_ID"):
         return []
     try:
-        out = subprocess.run(["squeue", "-h", "-j", env["SLURM_JOB_ID"], "-o", "%L"], capture_output=True,
-                             text=True, timeout=60).stdout
+        out = subprocess.run(["squeue", "-h", "-j", env["SLURM_JOB_ID"], "-o", "%L"],
+                             capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     seconds = stage_time_limit(parse_time_left(out.splitlines()[0] if out.strip() else ""),
@@ -69,7 +75,8 @@ def time_limit_args(env: Mapping[str, str]) -> list[str]:
 
 
 def run_step(argv: list[str], env: Mapping[str, str] = os.environ) -> int:
-    """Run the job step ``argv``, forward SIGUSR1/SIGTERM to it, and requeue the job if the policy says so."""
+    """Run the job step ``argv``, forward SIGUSR1/SIGTERM to it, and requeue the job if the policy
+    says so."""
     marker = requeue_marker(env)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
@@ -102,12 +109,15 @@ def run_step(argv: list[str], env: Mapping[str, str] = os.environ) -> int:
         code = EXIT_REQUEUE
     exit_code = code if code >= 0 else 128 - code
     job = env.get("SLURM_JOB_ID")
-    decision = decide(code, terminated="SIGTERM" in received, requeues=int(env.get("SLURM_RESTART_COUNT") or 0),
-                      max_requeues=int(env.get("CALO_MAX_REQUEUES") or MAX_REQUEUES), in_job=bool(job))
+    decision = decide(code, terminated="SIGTERM" in received,
+                      requeues=int(env.get("SLURM_RESTART_COUNT") or 0),
+                      max_requeues=int(env.get("CALO_MAX_REQUEUES") or MAX_REQUEUES),
+                      in_job=bool(job))
     if decision.outcome is Outcome.REQUEUE:
         assert job is not None
         if subprocess.run(["scontrol", "requeue", job]).returncode == 0:
-            log("stopped early (exit 75, checkpoint written): job requeued; it resumes when it runs again", env)
+            log("stopped early (exit 75, checkpoint written): job requeued; it resumes when it "
+                "runs again", env)
             return 0
         log("scontrol requeue failed (job submitted with --no-requeue?); resubmit to resume", env)
     elif decision.outcome is Outcome.STOPPED:
@@ -123,7 +133,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args[:1] == ["--"]:
         args = args[1:]
     if not args or args[0].startswith("-"):
-        print("usage: python -m pipeline.launch.job_step [--time-limit-args | -- COMMAND ...]", file=sys.stderr)
+        print("usage: python -m pipeline.launch.job_step [--time-limit-args | -- COMMAND ...]",
+              file=sys.stderr)
         return 2
     return run_step(args)
 

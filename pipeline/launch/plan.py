@@ -1,9 +1,11 @@
-"""The stage graph of ``pipeline.launch`` and the plan of one launch (pure: no scheduler, no submitit).
+"""The stage graph of ``pipeline.launch`` and the plan of one launch (pure: no scheduler, no
+submitit).
 
-The chain is linear: ``convert -> train -> distill:1 .. distill:K -> generate -> export -> evaluate``; each
-stage's job starts ``afterok`` the previous one. A stage is *done* when its completion marker exists
-(:mod:`pipeline.data.run_layout`); done stages are never submitted again, and a stage whose job from an earlier
-launch is still pending or running is kept rather than submitted twice.
+The chain is linear: ``convert -> train -> distill:1 .. distill:K -> generate -> export ->
+evaluate``; each stage's job starts ``afterok`` the previous one. A stage is *done* when its
+completion marker exists (:mod:`pipeline.data.run_layout`); done stages are never submitted again,
+and a stage whose job from an earlier launch is still pending or running is kept rather than
+submitted twice.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from pipeline.config.launch_resources import STAGES
 from pipeline.data import run_layout
 from pipeline.data.shower_store import read_attrs
 
-#: scheduler states of a job that will still run (sacct/squeue spelling; submitit's LocalJob says RUNNING)
-LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-                         "COMPLETING", "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD",
-                         "PREEMPTED"})
-MODULES = {"convert": "data_tools.convert", "train": "pipeline.train", "distill": "pipeline.distill",
-           "generate": "pipeline.generate", "export": "data_tools.export", "evaluate": "pipeline.evaluate"}
+#: scheduler states of a job that will still run (sacct/squeue spelling; submitit's LocalJob
+#: says RUNNING)
+LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                         "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "STAGE_OUT",
+                         "SIGNALING", "RESV_DEL_HOLD", "PREEMPTED"})
+MODULES = {"convert": "data_tools.convert", "train": "pipeline.train",
+           "distill": "pipeline.distill", "generate": "pipeline.generate",
+           "export": "data_tools.export", "evaluate": "pipeline.evaluate"}
 
 
 @dataclass(frozen=True)
@@ -54,30 +58,35 @@ class Stage:
 
 
 def is_live(state: Optional[str]) -> bool:
-    """Whether a scheduler state (``CANCELLED by 0`` spelling accepted) means the job will still run."""
+    """Whether a scheduler state (``CANCELLED by 0`` spelling accepted) means the job will still
+    run."""
     return bool(state) and state.split()[0].rstrip("+").upper() in LIVE_STATES
 
 
 def chain(cfg: Config) -> list[Stage]:
-    """Every stage of the run in dependency order (a run training the layer network alone ends with its last
-    distillation stage: another run's generation takes it through ``generate.layer_model``)."""
+    """Every stage of the run in dependency order (a run training the layer network alone ends with
+    its last distillation stage: another run's generation takes it through
+    ``generate.layer_model``)."""
     out = [Stage("convert", "convert", Path(cfg.data.store), None),
-           Stage("train", "train", run_layout.train_dir(cfg) / run_layout.DONE_FILE, run_layout.train_dir(cfg))]
+           Stage("train", "train", run_layout.train_dir(cfg) / run_layout.DONE_FILE,
+                 run_layout.train_dir(cfg))]
     for k in range(1, run_layout.n_stages(cfg) + 1):
         d = run_layout.distill_dir(cfg, k)
-        out.append(Stage(f"distill:{k}", "distill", d / run_layout.DONE_FILE, d, ("--stage", str(k))))
+        out.append(Stage(f"distill:{k}", "distill", d / run_layout.DONE_FILE, d,
+                         ("--stage", str(k))))
     if "voxels" not in cfg.train.networks:
         return out
     sample = run_layout.sample_path(cfg)
-    out += [Stage("generate", "generate", run_layout.sample_manifest(sample), run_layout.sample_blocks_dir(sample)),
+    out += [Stage("generate", "generate", run_layout.sample_manifest(sample),
+                  run_layout.sample_blocks_dir(sample)),
             Stage("export", "export", run_layout.export_path(cfg), None),
             Stage("evaluate", "evaluate", run_layout.evaluation_dir(cfg) / run_layout.REPORT_FILE,
                   run_layout.evaluation_dir(cfg))]
     return out
 
 
-STAGES_HELP = ("comma list of stages: convert, train, distill (all K stages), distill:K, distill:A-B, generate, "
-               "export, evaluate, or all (default)")
+STAGES_HELP = ("comma list of stages: convert, train, distill (all K stages), distill:K, "
+               "distill:A-B, generate, export, evaluate, or all (default)")
 
 
 def select(stages: Sequence[Stage], spec: Optional[str]) -> list[str]:
@@ -93,7 +102,7 @@ def select(stages: Sequence[Stage], spec: Optional[str]) -> list[str]:
             if not 1 <= lo <= hi <= k_max:
                 have = f"distill:1..distill:{k_max}" if k_max else "no distillation stages"
                 raise ConfigError(f"--stages: {item}: this config has {have} "
-                                  f"(diffusion.sample_steps -> distill.final_steps)")
+                                  f"(sampling.steps -> distill.final_steps)")
             picked.update(f"distill:{k}" for k in range(lo, hi + 1))
         elif item in STAGES:
             picked.update(s.name for s in stages if s.kind == item)
@@ -110,8 +119,8 @@ class Step:
     """What one launch does with one stage.
 
     ``done``: marker exists; ``queued``: its job from an earlier launch is pending/running and kept;
-    ``submit``: a new job; ``resubmit``: cancel its pending job (which waits on a job being replaced) and
-    submit a new one; ``skip``: not selected and not needed.
+    ``submit``: a new job; ``resubmit``: cancel its pending job (which waits on a job being
+    replaced) and submit a new one; ``skip``: not selected and not needed.
     """
 
     stage: Stage
@@ -128,15 +137,18 @@ class Step:
 
 def build_plan(stages: Sequence[Stage], selected: Sequence[str],
                jobs: Callable[[str], tuple[Optional[str], Optional[str]]]) -> list[Step]:
-    """The launch plan; ``jobs(name)`` gives the stage's recorded job id and its scheduler state (or Nones).
+    """The launch plan; ``jobs(name)`` gives the stage's recorded job id and its scheduler state
+    (or Nones).
 
-    Raises ConfigError when a selected stage needs an earlier stage that is neither done, queued nor selected.
+    Raises ConfigError when a selected stage needs an earlier stage that is neither done, queued
+    nor selected.
     """
     plan: list[Step] = []
     for stage in stages:
         job_id, state = jobs(stage.name)
         prev = plan[-1] if plan else None
-        after = prev.stage.name if prev is not None and prev.action in ("queued", "submit", "resubmit") else None
+        after = (prev.stage.name
+                 if prev is not None and prev.action in ("queued", "submit", "resubmit") else None)
         upstream_new = prev is not None and prev.submits
         if stage.is_done():
             step = Step(stage, "done", job_id, state)
@@ -147,13 +159,14 @@ def build_plan(stages: Sequence[Stage], selected: Sequence[str],
                 step = Step(stage, "resubmit", job_id, state, after,
                             [f"its pending job {job_id} waits on a job being replaced: cancelled"])
             else:
-                raise ConfigError(f"stage {stage.name}: job {job_id} is {state} but {prev.stage.name} before it "
-                                  f"is not done; cancel it (scancel {job_id}) and launch again")
+                raise ConfigError(f"stage {stage.name}: job {job_id} is {state} but "
+                                  f"{prev.stage.name} before it is not done; cancel it "
+                                  f"(scancel {job_id}) and launch again")
         elif stage.name in selected:
             step = Step(stage, "submit", job_id, state, after)
             if prev is not None and prev.action == "skip":
-                raise ConfigError(f"--stages: {stage.name} needs {prev.stage.name}, which is neither done nor "
-                                  f"queued; add it to --stages")
+                raise ConfigError(f"--stages: {stage.name} needs {prev.stage.name}, which is "
+                                  f"neither done nor queued; add it to --stages")
         else:
             step = Step(stage, "skip", job_id, state)
         plan.append(step)
@@ -162,7 +175,8 @@ def build_plan(stages: Sequence[Stage], selected: Sequence[str],
 
 def format_plan(plan: Sequence[Step], resources: Callable[[Stage], StageResources],
                 command: Callable[[Stage], list[str]]) -> str:
-    """Human-readable plan: one line per stage, then resources, dependency and command of new jobs."""
+    """Human-readable plan: one line per stage, then resources, dependency and command of new
+    jobs."""
     lines = []
     for step in plan:
         job = f"job {step.job_id} {step.state}" if step.job_id and step.state else ""

@@ -1,13 +1,14 @@
-"""The one stop-and-requeue policy of every job, whether ``sbatch slurm/*.sh`` or ``pipeline.launch`` sent it.
+"""The one stop-and-requeue policy of every job, whether ``sbatch slurm/*.sh`` or
+``pipeline.launch`` sent it.
 
-A stage that stops early saves what a re-run resumes from and exits 75 (``EXIT_REQUEUE``). What happens to its
-job then depends on why it stopped:
+A stage that stops early saves what a re-run resumes from and exits 75 (``EXIT_REQUEUE``). What
+happens to its job then depends on why it stopped:
 
-- SIGUSR1 (SLURM's warning ``WARNING_SECONDS`` before the time limit, or ``scancel --signal=USR1``) or the
-  stage's own ``--time-limit``: the job is requeued (same job id, so ``afterok`` dependents keep waiting) and
-  resumes, at most ``MAX_REQUEUES`` times;
-- SIGTERM (plain ``scancel``, preemption, the time limit itself): the job stops and is not requeued; run the
-  same command again to resume;
+- SIGUSR1 (SLURM's warning ``WARNING_SECONDS`` before the time limit, or
+  ``scancel --signal=USR1``) or the stage's own ``--time-limit``: the job is requeued (same job id,
+  so ``afterok`` dependents keep waiting) and resumes, at most ``MAX_REQUEUES`` times;
+- SIGTERM (plain ``scancel``, preemption, the time limit itself): the job stops and is not
+  requeued; run the same command again to resume;
 - any other exit code fails the job, so that its dependents never start.
 
 The sbatch scripts apply it through :mod:`pipeline.launch.job_step`, ``pipeline.launch`` through
@@ -36,7 +37,8 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 class Outcome(enum.Enum):
     DONE = "done"
     REQUEUE = "requeue"  # stopped with a checkpoint: requeue the job, it resumes
-    STOPPED = "stopped"  # stopped with a checkpoint, not requeued: run the same command again to resume
+    # stopped with a checkpoint, not requeued: run the same command again to resume
+    STOPPED = "stopped"
     FAILED = "failed"
 
 
@@ -47,30 +49,34 @@ class Decision:
 
 
 def stopped(returncode: Optional[int]) -> bool:
-    """Whether a stage ended resumably: exit 75, or killed by SIGUSR1/SIGTERM before it could handle them."""
+    """Whether a stage ended resumably: exit 75, or killed by SIGUSR1/SIGTERM before it could
+    handle them."""
     return returncode == EXIT_REQUEUE or returncode in tuple(-s for s in STOP_SIGNALS)
 
 
-def decide(returncode: Optional[int], *, terminated: bool, requeues: int, max_requeues: int = MAX_REQUEUES,
-           in_job: bool = True) -> Decision:
+def decide(returncode: Optional[int], *, terminated: bool, requeues: int,
+           max_requeues: int = MAX_REQUEUES, in_job: bool = True) -> Decision:
     """What to do with a job whose stage exited with ``returncode``.
 
-    ``terminated``: the job received SIGTERM; ``requeues``: how often it was requeued already; ``in_job``:
-    it runs under a scheduler that can requeue it (else a stop only says "run the same command again").
+    ``terminated``: the job received SIGTERM; ``requeues``: how often it was requeued already;
+    ``in_job``: it runs under a scheduler that can requeue it (else a stop only says "run the same
+    command again").
     """
     if returncode == 0:
         return Decision(Outcome.DONE, "done")
     if not stopped(returncode):
         return Decision(Outcome.FAILED, f"failed (exit {returncode})")
     if terminated:
-        return Decision(Outcome.STOPPED, "stopped by SIGTERM (cancelled, preempted or out of time): not "
-                                         "requeueing; run the same command again to resume")
+        return Decision(Outcome.STOPPED, "stopped by SIGTERM (cancelled, preempted or out of "
+                                         "time): not requeueing; run the same command again to "
+                                         "resume")
     if not in_job:
-        return Decision(Outcome.STOPPED, "stopped early and not in a batch job: run the same command again "
-                                         "to resume")
+        return Decision(Outcome.STOPPED, "stopped early and not in a batch job: run the same "
+                                         "command again to resume")
     if requeues >= max_requeues:
-        return Decision(Outcome.STOPPED, f"already requeued {requeues} times (at most {max_requeues}): not "
-                                         "requeueing; run the same command again to resume")
+        return Decision(Outcome.STOPPED, f"already requeued {requeues} times (at most "
+                                         f"{max_requeues}): not requeueing; run the same command "
+                                         "again to resume")
     return Decision(Outcome.REQUEUE, "stopped early (exit 75, checkpoint written): requeueing")
 
 
@@ -78,7 +84,8 @@ _SQUEUE_TIME = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
 
 
 def parse_time_left(text: str) -> Optional[int]:
-    """Seconds of SLURM's ``[days-][hours:]minutes:seconds`` (squeue ``%L``); None for UNLIMITED or junk."""
+    """Seconds of SLURM's ``[days-][hours:]minutes:seconds`` (squeue ``%L``); None for UNLIMITED or
+    junk."""
     match = _SQUEUE_TIME.match(text.strip())
     if match is None:
         return None
@@ -86,7 +93,8 @@ def parse_time_left(text: str) -> Optional[int]:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
-def stage_time_limit(seconds_left: Optional[int], margin: int = TIME_MARGIN_SECONDS) -> Optional[int]:
+def stage_time_limit(seconds_left: Optional[int],
+                     margin: int = TIME_MARGIN_SECONDS) -> Optional[int]:
     """The ``--time-limit`` a stage gets: the job's time left less ``margin``, at least a minute."""
     if seconds_left is None:
         return None

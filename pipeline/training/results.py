@@ -1,4 +1,5 @@
-"""What the training loop hands back: one optimiser step (:class:`StepResult`) and a whole run (:class:`TrainResult`)."""
+"""What the training loop hands back: one optimiser step (:class:`StepResult`) and a whole run
+(:class:`TrainResult`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pipeline.runtime.exit_codes import EXIT_DONE, EXIT_NONFINITE, EXIT_REQUEUE
 class StepResult:
     """One optimiser step, as every rank agreed on it."""
 
-    losses: torch.Tensor  # (loss, layer, voxel): means over ranks and micro-batches, float64 on the CPU
+    # (loss, layer, voxel): means over ranks and micro-batches, float64 on the CPU
+    losses: torch.Tensor
     finite: bool  # False: nothing was applied (the run stops)
     stop: str | None  # "signal SIGUSR1", "time limit" (on any rank) or None
     checkpoint_due: bool  # train.checkpoint_every_minutes elapsed on some rank
@@ -33,4 +35,5 @@ class TrainResult:
 
     @property
     def exit_code(self) -> int:
-        return {"done": EXIT_DONE, "stopped": EXIT_REQUEUE, "nonfinite": EXIT_NONFINITE}[self.status]
+        return {"done": EXIT_DONE, "stopped": EXIT_REQUEUE,
+                "nonfinite": EXIT_NONFINITE}[self.status]

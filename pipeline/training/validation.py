@@ -1,4 +1,5 @@
-"""The validation loss: the trained weights and their EMA on the store's validation split, with the same noise."""
+"""The validation loss: the trained weights and their EMA on the store's validation split, with the
+same noise."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from pipeline.runtime.precision import autocast
 
 
 @torch.no_grad()
-def validation_sums(model: torch.nn.Module, ema_model: torch.nn.Module, batches: Iterator[dict[str, torch.Tensor]],
-                    n: int, preprocess: Callable[[dict[str, torch.Tensor], torch.Generator], Preprocessed],
-                    generator: torch.Generator, precision: str, device: torch.device) -> torch.Tensor:
-    """(loss, layer, voxel, EMA loss) summed over ``n`` batches (float64, CPU); the EMA sees the trained
-    weights' noise draw. ``model`` is back in training mode afterwards and ``batches`` closed."""
+def validation_sums(model: torch.nn.Module, ema_model: torch.nn.Module,
+                    batches: Iterator[dict[str, torch.Tensor]], n: int,
+                    preprocess: Callable[[dict[str, torch.Tensor], torch.Generator], Preprocessed],
+                    generator: torch.Generator, precision: str,
+                    device: torch.device) -> torch.Tensor:
+    """(loss, layer, voxel, EMA loss) summed over ``n`` batches (float64, CPU); the EMA sees the
+    trained weights' noise draw. ``model`` is back in training mode afterwards and ``batches``
+    closed."""
     sums = torch.zeros(4, dtype=torch.float64)
     model.eval()
     try:
