@@ -201,7 +201,8 @@ class GenerateConfig:
     per_rank_batch_size: int = 0
     # torch.compile the networks with static shapes (the last batch is padded)
     compile: bool = False
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # +CUDA graphs
+    # torch.compile's mode; reduce-overhead adds CUDA graphs
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     # threads that copy, compress and write shards beside the networks; 0: serial
     writer_threads: int = 2
     layout: StoreLayout = field(default_factory=StoreLayout)
