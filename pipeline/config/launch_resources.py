@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from pipeline.config.loader import ConfigError
+from pipeline.config.loader import ConfigError, check_at_least
 from pipeline.runtime.requeue_policy import MAX_REQUEUES, WARNING_SECONDS
 
 STAGES = ("convert", "train", "distill", "generate", "export", "evaluate")
@@ -30,12 +30,8 @@ class StageResources:
     time_minutes: int = 60
 
     def check(self, path: str) -> None:
-        for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_minutes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{path}.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("gpus_per_node", "mem_gb"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{path}.{name}: must be >= 0, got {getattr(self, name)}")
+        check_at_least(self, path, 1, ("nodes", "tasks_per_node", "cpus_per_task", "time_minutes"))
+        check_at_least(self, path, 0, ("gpus_per_node", "mem_gb"))
 
     @property
     def tasks(self) -> int:

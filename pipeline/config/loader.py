@@ -83,6 +83,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{path}: unsupported annotation {_type_name(tp)}")
 
 
+def check_at_least(section: Any, path: str, minimum: float, names: typing.Sequence[str]) -> None:
+    """Raise naming ``path.name`` for the first of ``names`` whose value is below ``minimum``."""
+    for name in names:
+        if getattr(section, name) < minimum:
+            raise ConfigError(f"{path}.{name}: must be >= {minimum}, got {getattr(section, name)}")
+
+
 def from_dict(cls: type[T], data: dict, path: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are errors."""
     hints = get_type_hints(cls)

@@ -17,7 +17,7 @@ from typing import Literal, Optional, Sequence
 
 from pipeline.config import loader, moved_keys
 from pipeline.config.launch_resources import LaunchConfig
-from pipeline.config.loader import ConfigError
+from pipeline.config.loader import ConfigError, check_at_least
 from pipeline.config.training_sections import DistillConfig, OptimConfig, TrainConfig
 
 GeometryName = Literal["ds1-photons", "ds1-pions", "ds2", "ds3"]
@@ -94,9 +94,8 @@ class DataConfig:
         if not 0 <= self.validation_fraction < 1:
             raise ConfigError(f"{path}.validation_fraction: must be in [0, 1), got "
                               f"{self.validation_fraction}")
-        for name in ("global_batch_size", "shuffle_chunks", "num_workers", "prefetch_chunks"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{path}.{name}: must be >= 1, got {getattr(self, name)}")
+        check_at_least(self, path, 1, ("global_batch_size", "shuffle_chunks", "num_workers",
+                                       "prefetch_chunks"))
         if self.standin is not None and len(self.inputs) != 1:
             raise ConfigError(f"{path}.standin: stand-in data is simulated into exactly one input "
                               f"file, got {len(self.inputs)}")

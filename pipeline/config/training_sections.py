@@ -12,13 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from pipeline.config.loader import ConfigError
-
-
-def _at_least(section: Any, path: str, minimum: float, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(section, name) < minimum:
-            raise ConfigError(f"{path}.{name}: must be >= {minimum}, got {getattr(section, name)}")
+from pipeline.config.loader import ConfigError, check_at_least
 
 
 @dataclass
@@ -33,7 +27,7 @@ class OptimConfig:
     fused: bool = True  # fused AdamW kernel on GPU (one launch for all tensors; ignored on CPU)
 
     def check(self, path: str) -> None:
-        _at_least(self, path, 0, ("weight_decay", "grad_clip"))
+        check_at_least(self, path, 0, ("weight_decay", "grad_clip"))
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"{path}.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -52,8 +46,8 @@ class StageSchedule:
     ema_decay: float = 0.9999  # EMA of the weights (fp32), once per optimiser step, warmed up as (1+n)/(10+n)
 
     def check_schedule(self, path: str) -> None:
-        _at_least(self, path, 1, ("max_steps",))
-        _at_least(self, path, 0, ("warmup_steps",))
+        check_at_least(self, path, 1, ("max_steps",))
+        check_at_least(self, path, 0, ("warmup_steps",))
         if not self.lr > 0:
             raise ConfigError(f"{path}.lr: must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
@@ -72,8 +66,8 @@ class ValidationConfig:
     per_rank_batches: int = 16  # batches of data.global_batch_size / ranks, per rank, per validation
 
     def check(self, path: str) -> None:
-        _at_least(self, path, 0, ("every_steps",))
-        _at_least(self, path, 1, ("per_rank_batches",))
+        check_at_least(self, path, 0, ("every_steps",))
+        check_at_least(self, path, 1, ("per_rank_batches",))
 
 
 @dataclass
@@ -86,8 +80,8 @@ class MonitorConfig:
     bins: int = 20  # histogram bins of its separation powers
 
     def check(self, path: str) -> None:
-        _at_least(self, path, 0, ("every_steps", "sample_steps"))
-        _at_least(self, path, 2, ("showers", "bins"))
+        check_at_least(self, path, 0, ("every_steps", "sample_steps"))
+        check_at_least(self, path, 2, ("showers", "bins"))
 
 
 @dataclass
@@ -111,8 +105,8 @@ class TrainConfig(StageSchedule):
         self.check_schedule(path)
         if not self.networks or len(set(self.networks)) != len(self.networks):
             raise ConfigError(f"{path}.networks: list layers, voxels or both, each once; got {self.networks}")
-        _at_least(self, path, 1, ("grad_accum", "keep_checkpoints", "log_every_steps"))
-        _at_least(self, path, 0, ("checkpoint_every_steps", "checkpoint_every_minutes"))
+        check_at_least(self, path, 1, ("grad_accum", "keep_checkpoints", "log_every_steps"))
+        check_at_least(self, path, 0, ("checkpoint_every_steps", "checkpoint_every_minutes"))
         if not self.collective_timeout_minutes > 0:
             raise ConfigError(f"{path}.collective_timeout_minutes: must be > 0, got "
                               f"{self.collective_timeout_minutes}")
@@ -135,7 +129,7 @@ class DistillConfig(StageSchedule):
 
     def check(self, path: str) -> None:
         self.check_schedule(path)
-        _at_least(self, path, 1, ("final_steps",))
+        check_at_least(self, path, 1, ("final_steps",))
 
     def student_steps(self, sample_steps: int) -> list[int]:
         """Sampling steps of stages 1..K: ``sample_steps / 2, / 4, ..., final_steps``."""
