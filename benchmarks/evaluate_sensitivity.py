@@ -18,7 +18,9 @@ samples for the rest): a single measurement at that distortion typically stands 
 
 Resumable and incremental: every measurement is cached in --workdir/cache.json as it finishes, so a killed
 run continues where it stopped and ``--classifiers high`` first, ``low`` later, fill one table. The results
-JSON holds every measurement and the per-case summaries; --plot draws significance against strength.
+JSON holds every measurement and the per-case summaries; --plot draws significance against strength. On a
+fresh machine (empty --workdir) the measurements of an existing --results file of the same settings are the
+starting point, so a committed partial table resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ class Cache:
         if self.data["settings"] != settings:
             sys.exit(f"{path} holds measurements made with other settings ({self.data['settings']}); "
                      f"use another --workdir or delete it")
+
+    def resume_from(self, results: Path) -> None:
+        """Start an empty cache from a results JSON of the same settings (a committed partial table)."""
+        old = json.loads(results.read_text())
+        if {k: old["settings"].get(k) for k in self.settings} != self.settings:
+            sys.exit(f"{results} holds measurements made with other settings ({old['settings']}); "
+                     f"use another --results or --workdir")
+        self.data["values"] = dict(old["values"])
+        print(f"resuming from the {len(old['values'])} measurements in {results}")
 
     def get(self, *key: str) -> Any:
         return self.data["values"].get("|".join(key))
@@ -257,6 +268,8 @@ def main() -> None:
     work = args.workdir / f"{args.geometry}_{args.n}"
     work.mkdir(parents=True, exist_ok=True)
     cache = Cache(work / "cache.json", {"geometry": args.geometry, "n": args.n})
+    if not cache.data["values"] and args.results and args.results.exists():
+        cache.resume_from(args.results)
     all_cases = sensitivity_cases(load_geometry(args.geometry))
     wanted = None if not args.cases else {c.strip() for c in args.cases.split(",")}
     chosen = [c for c in all_cases if wanted is None or c.name in wanted or c.family in wanted]
