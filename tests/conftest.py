@@ -211,3 +211,12 @@ def inputs(shape: tuple[int, ...], b: int = 2, dtype: torch.dtype = torch.float3
     gen = torch.Generator().manual_seed(seed)
     return (torch.randn(b, *shape, generator=gen, dtype=dtype), torch.rand(b, generator=gen, dtype=dtype),
             torch.randn(b, generator=gen, dtype=dtype), torch.randn(b, shape[0], generator=gen, dtype=dtype))
+
+
+@pytest.fixture
+def jobs():
+    """SLURM jobs (tests/slurm_jobs.py's SlurmJob) to cancel if a test fails half-way."""
+    started: list = []
+    yield started
+    for job in started:
+        job.cancel_if_running()

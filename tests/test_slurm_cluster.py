@@ -11,133 +11,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from slurm_jobs import (
+    CPU_JOB,
+    FINAL_STATES,
+    SlurmJob,
+    cluster_unavailable,
+    run_cmd,
+    slurm_job,
+    smoke_env,
+)
 
 from conftest import REPO, run_module, tree_bytes
 
-FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED")
-CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
-           "--time=20"]
-# the launcher variables of an enclosing job or torchrun must not leak into the test jobs
-# (SLURM_CONF stays: it may be how this machine's clients find the cluster)
-_LEAKY = re.compile(r"^(SLURM_(?!CONF$)|SBATCH_|SRUN_|SALLOC_|PMI_|OMPI_|PMIX_)|"
-                    r"^(RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|"
-                    r"CONFIG|STAGE|CALO_.*)$")
-
-
-def _run(*cmd: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def _cluster_unavailable() -> str | None:
-    """Why the SLURM tests cannot run here, or None."""
-    missing = [c for c in ("sinfo", "sbatch", "sacct", "scancel", "scontrol")
-               if shutil.which(c) is None]
-    if missing:
-        return (f"no SLURM client commands ({', '.join(missing)}); "
-                "start a local cluster: bash tests/slurm/cluster.sh up")
-    try:
-        nodes = _run("sinfo", "-h", "-o", "%T", timeout=5)
-        acct = _run("sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID", timeout=10)
-    except subprocess.TimeoutExpired as err:
-        return (f"SLURM does not answer ({' '.join(err.cmd)} timed out); "
-                "see bash tests/slurm/cluster.sh status")
-    if nodes.returncode:
-        return f"sinfo failed: {nodes.stderr.strip()[:300]} (bash tests/slurm/cluster.sh status)"
-    states = nodes.stdout.split()
-    if not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
-        return (f"no usable SLURM node (sinfo states: {states or 'none'}); "
-                "see bash tests/slurm/cluster.sh status")
-    if acct.returncode:
-        return f"sacct does not work (no slurmdbd?): {acct.stderr.strip()[:300]}"
-    return None
-
-
-_REASON = _cluster_unavailable()
+_REASON = cluster_unavailable()
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(_REASON is not None, reason=f"no SLURM cluster: {_REASON}")]
-
-
-# ------------------------------------------------------------------ helper
-@dataclass
-class SlurmJob:
-    """A submitted batch job: its id and log; ``wait`` polls sacct until a final state."""
-
-    id: str
-    log: Path
-    name: str
-
-    def state(self) -> str:
-        out = _run("sacct", "-j", self.id, "-X", "-n", "-P", "-o", "State").stdout.split("\n")
-        # "CANCELLED by 0" -> CANCELLED
-        return out[0].split()[0] if out and out[0].strip() else "UNKNOWN"
-
-    def history(self) -> list[str]:
-        """States of every run of the job, requeued ones included (sacct --duplicates)."""
-        out = _run("sacct", "-j", self.id, "-X", "-n", "-P", "-D", "-o", "State").stdout
-        return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-    def text(self) -> str:
-        return (self.log.read_text(errors="replace") if self.log.exists()
-                else f"(no log {self.log} yet)")
-
-    def describe(self) -> str:
-        return (f"job {self.id} ({self.name}) states {self.history()}\n"
-                f"----- log {self.log}\n{self.text()[-6000:]}\n-----")
-
-    def wait(self, timeout: float = 600, expect: str | None = "COMPLETED") -> str:
-        """Poll until a final state (cancelling the job after ``timeout`` s); fail with the log
-        unless ``expect``."""
-        deadline = time.monotonic() + timeout
-        state = "UNKNOWN"
-        while time.monotonic() < deadline:
-            state = self.state()
-            if state in FINAL_STATES:
-                break
-            time.sleep(1)
-        else:
-            _run("scancel", self.id)
-            pytest.fail(f"timed out after {timeout:.0f} s in state {state}: {self.describe()}")
-        if expect is not None and state != expect:
-            pytest.fail(f"expected {expect}, got {state}: {self.describe()}")
-        print(self.describe())
-        return state
-
-    def cancel_if_running(self) -> None:
-        if self.state() not in FINAL_STATES:
-            _run("scancel", self.id)
-
-
-def slurm_job(script: Path | str, *args: str, sbatch: list[str] = (), env: dict | None = None,
-              cwd: Path, name: str = "calo-test") -> SlurmJob:
-    """``sbatch`` a script (from ``cwd``) with a clean environment plus ``env``; the log goes to
-    ``cwd``."""
-    log = Path(cwd) / f"{name}-%j.out"
-    clean = {k: v for k, v in os.environ.items() if not _LEAKY.search(k)}
-    out = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", f"--output={log}", *sbatch,
-                          str(script), *args],
-                         capture_output=True, text=True, timeout=30, cwd=cwd,
-                         env={**clean, **(env or {})})
-    assert out.returncode == 0, f"sbatch failed: {out.stderr}"
-    job_id = out.stdout.strip().split(";")[0]
-    return SlurmJob(job_id, Path(str(log).replace("%j", job_id)), name)
-
-
-@pytest.fixture
-def jobs():
-    """Jobs to cancel if a test fails half-way."""
-    started: list[SlurmJob] = []
-    yield started
-    for job in started:
-        job.cancel_if_running()
 
 
 # ------------------------------------------------------------------ data and the smoke training run
@@ -156,14 +49,8 @@ def standin(tmp_path_factory) -> dict:
     return {"root": root, "hdf5": hdf5, "store": store}
 
 
-def smoke_env(standin: dict, run_dir: Path, *extra: str) -> dict:
-    sets = [f"run.dir={run_dir}", f"data.inputs=[{standin['hdf5']}]",
-            f"data.store={standin['store']}", *extra]
-    return {"CONFIG": "configs/smoke.yaml", "CALO_SET": " ".join(sets)}
-
-
 @pytest.fixture(scope="module")
-def smoke_run(standin, tmp_path_factory) -> tuple[SlurmJob, Path]:
+def smokerun_cmd(standin, tmp_path_factory) -> tuple[SlurmJob, Path]:
     """``sbatch slurm/train_ds3.sh`` with the smoke config, 2 CPU tasks, submitted from outside the
     repository."""
     cwd = tmp_path_factory.mktemp("slurm_train")
@@ -210,7 +97,7 @@ def test_requeue_on_sigusr1_resumes_bit_identically(standin, tmp_path, jobs):
         time.sleep(0.5)
     # the design of slurm/env.sh: --signal=USR1@N (no B:) signals the job steps, as scancel does
     # by default
-    out = _run("scancel", "--signal=USR1", interrupted.id)
+    out = run_cmd("scancel", "--signal=USR1", interrupted.id)
     assert out.returncode == 0, out.stderr
 
     interrupted.wait(timeout=600)
@@ -316,7 +203,7 @@ run_requeueable "${{SRUN[@]}}" "$PYTHON" {tmp_path}/stub.py {tmp_path}/ready.$SL
     while not (tmp_path / f"ready.{job.id}").exists():
         assert time.monotonic() < deadline and job.state() not in FINAL_STATES, job.describe()
         time.sleep(0.2)
-    assert _run("scancel", *scancel, job.id).returncode == 0
+    assert run_cmd("scancel", *scancel, job.id).returncode == 0
     job.wait(timeout=120, expect=final)
     assert ("REQUEUED" in job.history()) == requeued, job.describe()
     if requeued:
@@ -387,7 +274,7 @@ def test_generate_array_then_export(smoke_run, standin, jobs):
     jobs.append(export)
     export.wait(timeout=600)
     for element in ("0", "1"):
-        state = _run("sacct", "-j", f"{gen.id}_{element}", "-X", "-n", "-P",
+        state = run_cmd("sacct", "-j", f"{gen.id}_{element}", "-X", "-n", "-P",
                      "-o", "State").stdout.split()
         assert state == ["COMPLETED"], (element, state)
     logs = "".join(p.read_text() for p in cwd.glob("calo-test-generate-*.out"))
@@ -420,4 +307,4 @@ def test_bad_config_fails_fast(tmp_path, jobs):
     jobs.append(job)
     job.wait(timeout=120, expect="FAILED")
     assert "CONFIG=configs/does-not-exist.yaml not found" in job.text()
-    assert "2:0" in _run("sacct", "-j", job.id, "-X", "-n", "-o", "ExitCode").stdout
+    assert "2:0" in run_cmd("sacct", "-j", job.id, "-X", "-n", "-o", "ExitCode").stdout

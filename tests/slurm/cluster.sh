@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on localhost, for the integration tests and for trying the slurm/ scripts.
+# A real SLURM cluster on this machine, for the integration tests and for trying the slurm/ scripts: one node
+# "localhost" by default, plus N compute nodes in their own network namespaces with --nodes N (nodes.sh).
 #
 #   bash tests/slurm/cluster.sh up       # install what is missing (Debian packages), start, check; idempotent
+#   bash tests/slurm/cluster.sh up --nodes 3   # the same plus node1..node3 (partition "nodes"), see nodes.sh
 #   bash tests/slurm/cluster.sh status   # daemons, sinfo; exit 1 unless healthy
 #   bash tests/slurm/cluster.sh down     # cancel all jobs, stop every daemon this script started
 #   bash tests/slurm/cluster.sh purge    # down, then delete the state directory
 #
 # Daemons: munged (socket /run/munge/munge.socket.2, where Slurm looks; one already running there is used),
 # mariadbd (no networking, socket in the state dir), slurmdbd (so sacct and submitit work),
-# slurmctld and slurmd (node "localhost", all CPUs of this machine, no cgroups). Everything they write lives
+# slurmctld and slurmd (node "localhost", all CPUs of this machine, no cgroups); with --nodes, one more slurmd
+# per compute node (PID file slurmd@nodeK). Everything they write lives
 # in one directory, $CALO_SLURM_DIR (default /tmp/calo-slurm): etc/ (configs), log/ (all logs), pids/ (the
 # PIDs this script started), state/, spool/, munge/, mysql/.
 #
-# NOTE: outside the state directory it writes only (besides munged's socket in /run/munge)
+# NOTE: outside the state directory it writes only (besides munged's socket in /run/munge and, with --nodes,
+# the namespaces and links listed in net/created)
 # /etc/slurm/slurm.conf, as a symlink to $CALO_SLURM_DIR/etc/slurm.conf, so that Debian's client commands
 # (sbatch, srun, sinfo, sacct, scontrol) find the cluster without SLURM_CONF. An existing
 # /etc/slurm/slurm.conf that this script did not write is never replaced (up fails instead; set
@@ -45,16 +49,19 @@ export SLURM_CONF=$CONF MYSQL_UNIX_PORT=$MYSQL_SOCKET
 say() { echo "cluster.sh: $*"; }
 die() { echo "cluster.sh: ERROR: $*" >&2; exit 1; }
 t0=$SECONDS
+# shellcheck source=tests/slurm/nodes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"
+NODES=$(node_count)   # compute nodes besides localhost: the recorded count; `up` sets it from --nodes
 
 # ------------------------------------------------------------------ processes
 pid_of() { cat "$PIDS/$1" 2>/dev/null; }
 
-alive() {  # alive NAME: the recorded PID runs program NAME (a zombie counts as dead)
+alive() {  # alive NAME: the recorded PID runs program NAME (slurmd for slurmd@NODE; a zombie counts as dead)
   local pid stat
   pid=$(pid_of "$1") || return 1
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$1" ]] || return 1
+  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "${1%@*}" ]] || return 1
   stat=${stat##*) }
   [[ ${stat%% *} != Z ]]
 }
@@ -79,7 +86,7 @@ stop() {  # stop NAME: SIGTERM the recorded PID, SIGKILL after 20 s
 }
 
 leftovers() {  # PIDs of this cluster's job processes left behind (the daemons are stopped by recorded PID)
-  # slurmstepd (it overwrites its environment with its title): an fd on this cluster's slurmd.log;
+  # slurmstepd (it overwrites its environment with its title): an fd on one of this cluster's slurmd logs;
   # batch shells and tasks: SLURM_CONF=<this config> and SLURM_JOB_ID in their environment;
   # anything else the daemons spawned: the CALO_SLURM_INSTANCE=<state dir> marker. Never this shell's ancestors.
   local pid env keep=" " p=$$
@@ -93,7 +100,7 @@ leftovers() {  # PIDs of this cluster's job processes left behind (the daemons a
       { grep -qxF "SLURM_CONF=$CONF" <<<"$env" && grep -q '^SLURM_JOB_ID=' <<<"$env"; }; then
       echo "$pid"
     elif [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == */slurmstepd* ]] &&
-      find "/proc/$pid/fd" -lname "$LOG/slurmd.log" 2>/dev/null | grep -q .; then
+      find "/proc/$pid/fd" -lname "$LOG/slurmd-*.log" 2>/dev/null | grep -q .; then
       echo "$pid"
     fi
   done
@@ -131,7 +138,7 @@ node_idle() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
 healthy() {
   local d
   for d in "${DAEMONS[@]:1}"; do alive "$d" || return 1; done
-  munge_ok >/dev/null 2>&1 && ctld_ok && node_idle && dbd_ok >/dev/null 2>&1
+  munge_ok >/dev/null 2>&1 && ctld_ok && node_idle && dbd_ok >/dev/null 2>&1 && nodes_healthy
 }
 
 # ------------------------------------------------------------------ install
@@ -161,14 +168,15 @@ write_if_changed() {  # write_if_changed FILE MODE < content; returns 0 when the
 }
 
 write_configs() {  # returns 0 when slurm.conf or slurmdbd.conf changed
-  local host cpus mem changed=1
+  local host cpus mem head changed=1
   host=$(uname -n); host=${host%%.*}
+  head=$(head_addr "$NODES")
   cpus=$(nproc)
   mem=$(awk '/^MemTotal:/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)  # MB, leaving 10% to the system
   write_if_changed "$CONF" 644 <<EOF && changed=0
 $MARKER (state dir $DIR); regenerated by 'up'.
 ClusterName=$CLUSTER
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$host($head)
 SlurmctldPort=6817
 SlurmdPort=6818
 SlurmUser=root
@@ -188,7 +196,7 @@ SelectTypeParameters=CR_CPU
 GresTypes=gpu
 # accounting through slurmdbd (sacct; submitit needs it to notice jobs that died)
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+AccountingStorageHost=$head
 AccountingStoragePort=6819
 JobCompType=jobcomp/none
 # scheduling: start jobs within a second or two, many jobs, requeue allowed
@@ -202,18 +210,21 @@ DependencyParameters=kill_invalid_depend
 KillWait=5
 InactiveLimit=0
 SlurmctldTimeout=30
-SlurmdTimeout=60
+# a node that stops answering is DOWN after this long (and its jobs end: NODE_FAIL)
+SlurmdTimeout=$(((NODES > 0) ? 30 : 60))
 MessageTimeout=20
 MailProg=/bin/true
 # paths: everything in the state dir
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
+# compute nodes of --nodes first: Slurm 22.05 stops with "Duplicated NodeHostName node1" when they follow localhost
+$(slurm_node_lines "$NODES" "$cpus" "$mem")
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=local Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -221,7 +232,7 @@ EOF
 $MARKER (state dir $DIR); mode 600: it holds the database password.
 AuthType=auth/munge
 DbdHost=$host
-DbdAddr=127.0.0.1
+DbdAddr=$head
 DbdPort=6819
 SlurmUser=root
 PidFile=$DIR/run/slurmdbd.pid
@@ -249,7 +260,7 @@ link_etc() {  # make Debian's default client config path point at ours (see the 
 }
 
 prepare() {
-  mkdir -p "$DIR"/{etc,log,pids,run,state,spool} "$MUNGE_DIR" "$MYSQL_DIR"
+  mkdir -p "$DIR"/{etc,log,pids,run,state,spool/$NODE,shared} "$MUNGE_DIR" "$MYSQL_DIR"
   chmod 700 "$MYSQL_DIR"
   if [ ! -s /etc/munge/munge.key ]; then
     say "creating /etc/munge/munge.key"
@@ -333,7 +344,8 @@ start_slurmd() {
     fi
     sleep 0.5
   done
-  fail "node $NODE not idle after 30 s (state '${state:-unknown}')" "$LOG/slurmd.log" "$LOG/slurmd.out" "$LOG/slurmctld.log"
+  fail "node $NODE not idle after 30 s (state '${state:-unknown}')" "$LOG/slurmd-$NODE.log" "$LOG/slurmd.out" \
+    "$LOG/slurmctld.log"
 }
 
 reap_stale_jobs() {  # after a crash: jobs the controller recovered as running whose processes are gone
@@ -363,7 +375,7 @@ check_jobs() {  # a trivial job step, then its record in the accounting database
       say "WARNING: the check job waited 60 s behind other jobs ($(timeout 10 squeue -h -t R -o %A | tr '\n' ' ')); srun not checked"
       return 0
     fi
-    fail "'srun -n1 true' failed" "$LOG/check.err" "$LOG/slurmctld.log" "$LOG/slurmd.log"
+    fail "'srun -n1 true' failed" "$LOG/check.err" "$LOG/slurmctld.log" "$LOG/slurmd-$NODE.log"
   fi
   for ((i = 0; i < 60; i++)); do
     state=$(timeout 10 sacct -j "$id" -X -n -P -o State 2>/dev/null | head -n1)
@@ -374,29 +386,45 @@ check_jobs() {  # a trivial job step, then its record in the accounting database
 }
 
 # ------------------------------------------------------------------ commands
-up() {
+up() {  # up [--nodes N]
+  local want=0
+  case "${1:-}" in
+    "") ;;
+    --nodes) [[ ${2:-} =~ ^[0-9]+$ ]] && ((${2} <= 50)) || die "--nodes needs a count 0..50, got '${2:-}'"; want=$2 ;;
+    *) die "unknown option to up: $1 (usage: up [--nodes N])" ;;
+  esac
   mkdir -p "$LOG"
   install_packages
   prepare
+  if ((want != NODES)); then
+    say "compute nodes: $NODES -> $want"
+    cancel_all_jobs
+    nodes_down
+    NODES=$want
+  fi
   if write_configs; then
     local d
-    for d in slurmd slurmctld slurmdbd; do
+    for d in slurmd slurmctld slurmdbd $(cd "$PIDS" && ls -d slurmd@* 2>/dev/null); do
       alive "$d" && { say "configuration changed: restarting $d"; stop "$d"; }
     done
   fi
+  if ((NODES > 0)); then echo "$NODES" >"$NODES_FILE"; else rm -f "$NODES_FILE"; fi
   link_etc
   if healthy; then
     say "already up and healthy ($DIR); nothing to do"
     return 0
   fi
+  nodes_net_up "$NODES"
   start_munged
   start_mariadb
   start_slurmdbd
   start_slurmctld
   start_slurmd
+  nodes_up "$NODES"
   reap_stale_jobs
   check_jobs
-  say "up in $((SECONDS - t0)) s: node $NODE $(node_state), $(nproc) CPUs; logs in $LOG"
+  check_nodes "$NODES"
+  say "up in $((SECONDS - t0)) s: node $NODE $(node_state), $(nproc) CPUs; $NODES compute nodes; logs in $LOG"
 }
 
 cancel_all_jobs() {
@@ -417,6 +445,7 @@ cancel_all_jobs() {
 down() {
   local d i pids
   cancel_all_jobs
+  nodes_down
   for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do stop "${DAEMONS[i]}"; done
   mapfile -t pids < <(leftovers)
   if [ ${#pids[@]} -gt 0 ]; then
@@ -440,6 +469,10 @@ status() {
   if ctld_ok 2>/dev/null; then
     timeout 10 sinfo -N -o "%N %P %T %c %m" 2>&1 | sed 's/^/  /'
     node_idle || { echo "  node $NODE is not usable (state '$(node_state)')"; ok=1; }
+    for d in $(node_names "$NODES"); do
+      alive "slurmd@$d" || { echo "  slurmd of $d: NOT running"; ok=1; }
+    done
+    nodes_healthy || { echo "  a compute node is not usable"; ok=1; }
     dbd_ok >/dev/null 2>&1 || { echo "  slurmdbd does not answer (sacct will not work)"; ok=1; }
   else
     echo "  slurmctld does not answer"; ok=1
@@ -449,9 +482,9 @@ status() {
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) shift; up "$@" ;;
   down) down ;;
   status) status ;;
   purge) down && rm -rf "$DIR" && say "removed $DIR" ;;
-  *) echo "usage: $0 up|down|status|purge   (state dir: \$CALO_SLURM_DIR, default /tmp/calo-slurm)" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--nodes N]|down|status|purge   (state dir: \$CALO_SLURM_DIR, default /tmp/calo-slurm)" >&2; exit 2 ;;
 esac
