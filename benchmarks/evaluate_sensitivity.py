@@ -18,9 +18,9 @@ samples for the rest): a single measurement at that distortion typically stands 
 
 Resumable and incremental: every measurement is cached in --workdir/cache.json as it finishes, so a killed
 run continues where it stopped and ``--classifiers high`` first, ``low`` later, fill one table. The results
-JSON holds every measurement and the per-case summaries; --plot draws significance against strength. On a
-fresh machine (empty --workdir) the measurements of an existing --results file of the same settings are the
-starting point, so a committed partial table resumes where it stopped.
+JSON holds every measurement and the per-case summaries; --plot draws significance against strength.
+On a fresh machine (empty --workdir) the measurements of an existing --results file of the same
+settings are the starting point, so a committed partial table resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class Cache:
                      f"use another --workdir or delete it")
 
     def resume_from(self, results: Path) -> None:
-        """Start an empty cache from a results JSON of the same settings (a committed partial table)."""
+        """Start an empty cache from a results JSON of the same settings (a committed partial
+        table)."""
         old = json.loads(results.read_text())
         if {k: old["settings"].get(k) for k in self.settings} != self.settings:
             sys.exit(f"{results} holds measurements made with other settings ({old['settings']}); "

@@ -123,7 +123,8 @@ def slurm_job(script: Path | str, *args: str, sbatch: list[str] = (), env: dict 
 
 
 def smoke_env(standin: dict, run_dir: Path, *extra: str) -> dict:
-    """CONFIG and CALO_SET of a smoke training run on the stand-in ``standin`` (its hdf5 and store)."""
+    """CONFIG and CALO_SET of a smoke training run on the stand-in ``standin`` (its hdf5 and
+    store)."""
     sets = [f"run.dir={run_dir}", f"data.inputs=[{standin['hdf5']}]",
             f"data.store={standin['store']}", *extra]
     return {"CONFIG": "configs/smoke.yaml", "CALO_SET": " ".join(sets)}

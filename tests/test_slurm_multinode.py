@@ -1,5 +1,5 @@
-"""The pipeline across the compute nodes of ``bash tests/slurm/cluster.sh up --nodes 3``: each node its
-own hostname, address, /tmp and /dev/shm (tests/slurm/README.md); the shared filesystem is the
+"""The pipeline across the compute nodes of ``bash tests/slurm/cluster.sh up --nodes 3``: each node
+its own hostname, address, /tmp and /dev/shm (tests/slurm/README.md); the shared filesystem is the
 machine's, so the tests work in ``<cluster state dir>/shared``, which every node sees.
 
 CI runs the two-node training equality (with a SIGUSR1 requeue) and the lost-node training test;
@@ -85,7 +85,8 @@ def wait_for(what: str, check, timeout: float, job: SlurmJob | None = None) -> f
     start = time.monotonic()
     while not check():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"{what}: not within {timeout:.0f} s" + (f"\n{job.describe()}" if job else ""))
+            log = f"\n{job.describe()}" if job else ""
+            pytest.fail(f"{what}: not within {timeout:.0f} s{log}")
         time.sleep(1)
     return time.monotonic() - start
 
@@ -97,7 +98,9 @@ def requeued_run_ended(job: SlurmJob, timeout: float = 900) -> None:
 
 
 def node_back(node: str) -> None:
-    """Wait until ``node`` is usable again and nothing of an ended job is left on it."""
+    """Return ``node`` to service as an administrator would (ReturnToService=2 alone takes about a
+    minute more) and wait until it is idle and nothing of the job that lost it is left there."""
+    run_cmd("scontrol", "update", f"nodename={node}", "state=resume")
     wait_for(f"{node} idle again", lambda: run_cmd("sinfo", "-h", "-n", node, "-o", "%T").stdout
              .strip() == "idle", 240)
     wait_for(f"only slurmd left on {node}", lambda: len(node_processes(node)) == 1, 120)
