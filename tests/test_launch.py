@@ -257,7 +257,8 @@ def test_slurm_parameters_and_sbatch_script(cfg, tmp_path):
                  "--account=calo", "--constraint=a100", "--time=10", "--ntasks-per-node=1",
                  "--cpus-per-task=2"):
         assert f"#SBATCH {line}\n" in script, line
-    assert "module load cuda\nexport SUBMITIT_PREEMPT_SIGNAL=USR1\n" in script
+    assert ("export OMP_NUM_THREADS=2\nmodule load cuda\nexport SUBMITIT_PREEMPT_SIGNAL=USR1\n"
+            in script)  # threads = --cpus-per-task, as slurm/env.sh sets them
     assert "USR2" not in script
     convert = executor_parameters(cfg, chain(cfg)[0], "slurm", after=None)
     assert "dependency" not in convert["additional_parameters"] and "gpus_per_node" not in convert

@@ -231,6 +231,23 @@ def generation_env(standin: dict, model_run: Path, out: Path) -> dict:
                      "generate.layout.shard_rows=4")
 
 
+def calo_sets(env: dict) -> list[str]:
+    """CALO_SET as ``--set K=V`` arguments."""
+    return [w for kv in env["CALO_SET"].split() for w in ("--set", kv)]
+
+
+@pytest.fixture(scope="module")
+def one_process(standin, one_node) -> dict[str, bytes]:
+    """The files of the sample that one process generates directly (one thread, as the srun
+    tasks: bitwise the same)."""
+    out = standin["root"] / "one_process.zarr"
+    env = generation_env(standin, standin["root"] / "one_node", out)
+    direct = run_module("pipeline.generate", "--config", "configs/smoke.yaml", *calo_sets(env),
+                        timeout=900, env={"OMP_NUM_THREADS": "1"})
+    assert direct.returncode == 0, direct.stderr[-3000:]
+    return tree_bytes(out)
+
+
 def generate(standin: dict, model_run: Path, out: Path) -> SlurmJob:
     return slurm_job(REPO / "slurm" / "generate.sh",
                      sbatch=[*ON_NODES, "--nodes=2", "--ntasks-per-node=1"],
@@ -239,23 +256,17 @@ def generate(standin: dict, model_run: Path, out: Path) -> SlurmJob:
 
 
 @full_set
-def test_generation_across_nodes_survives_a_crashed_node(standin, one_node, jobs):
+def test_generation_across_nodes_survives_a_crashed_node(standin, one_process, jobs):
     """``sbatch -N 2 slurm/generate.sh``: every seed block once, on both hosts, one finaliser, the
     bytes of a one-process run; a node crashing mid-way (every process of it killed) ends the job
     (NODE_FAIL) and the requeued job finishes the same sample."""
-    model, root = standin["root"] / "one_node", standin["root"]
-    sets = generation_env(standin, model, root / "one_process.zarr")["CALO_SET"].split()
-    direct = run_module("pipeline.generate", "--config", "configs/smoke.yaml",
-                        *[w for kv in sets for w in ("--set", kv)], timeout=900,
-                        env={"OMP_NUM_THREADS": "1"})  # as the srun tasks: bitwise the same
-    assert direct.returncode == 0, direct.stderr[-3000:]
-    expected = tree_bytes(root / "one_process.zarr")
+    model, root, expected = standin["root"] / "one_node", standin["root"], one_process
 
     two = generate(standin, model, root / "two_nodes.zarr")
     jobs.append(two)
     two.wait(timeout=900)
-    markers = [json.loads(p.read_text()) for p in (root / "two_nodes.zarr.blocks").glob("*.json")
-               if "block" in p.read_text()]
+    markers = [json.loads(p.read_text())
+               for p in (root / "two_nodes.zarr.blocks").glob("block_*.json")]
     assert sorted(m["block"] for m in markers) == list(range(6)), markers
     assert {m["host"] for m in markers} == set(job_nodes(two)), markers
     assert two.text().count("generate: complete") == 1, two.describe()
@@ -279,6 +290,33 @@ def test_generation_across_nodes_survives_a_crashed_node(standin, one_node, jobs
     assert crashed.text().count("generate: complete") == 1, crashed.describe()
     assert_same_bytes(root / "crashed.zarr", expected)
     node_back(lost)
+
+
+@full_set
+def test_the_launch_dag_generates_on_two_nodes(standin, one_process):
+    """``python -m pipeline.launch --executor slurm`` with ``launch.generate.nodes=2``: submitit
+    runs the generation stage's two tasks on two hosts; the sample is the one-process sample."""
+    out = standin["root"] / "launched.zarr"
+    env = generation_env(standin, standin["root"] / "one_node", out)
+    launched = run_module("pipeline.launch", "--config", "configs/smoke.yaml", *calo_sets(env),
+                          "--executor", "slurm", "--stages", "generate",
+                          "--set", "distill.final_steps=8",  # no distillation: the teacher's run
+                          "--set", "launch.partition=nodes",
+                          "--set", "launch.generate={nodes: 2, tasks_per_node: 1, gpus_per_node: 0,"
+                          " cpus_per_task: 1, time_minutes: 10}", timeout=120)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    launch = standin["root"] / "one_node" / "launch"
+    job_id = json.loads((launch / "jobs.json").read_text())["stages"]["generate"]["job_id"]
+    job = SlurmJob(job_id, launch / "logs" / job_id / f"{job_id}_0_log.out", "launch-generate")
+    try:
+        job.wait(timeout=900)
+    finally:
+        job.cancel_if_running()
+    wait_for("two nodes in sacct", lambda: len(set(job_nodes(job))) == 2, 30, job)
+    markers = [json.loads(p.read_text()) for p in (standin["root"] / "launched.zarr.blocks")
+               .glob("block_*.json")]
+    assert {m["host"] for m in markers} == set(job_nodes(job)), markers
+    assert_same_bytes(out, one_process)
 
 
 # ------------------------------------------------------------------ per-node state, MPI

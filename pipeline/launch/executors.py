@@ -39,7 +39,11 @@ def executor_parameters(cfg: Config, stage: Stage, executor: str, after: Optiona
     params: dict[str, Any] = {
         "job_name": name, "time": res.time_minutes, "nodes": res.nodes, "ntasks_per_node": res.tasks_per_node,
         "cpus_per_task": res.cpus_per_task, "signal_delay_s": launch.signal_seconds, "stderr_to_stdout": True,
-        "setup": [*launch.setup, f"export SUBMITIT_PREEMPT_SIGNAL={SIGNAL}"], "additional_parameters": extra,
+        # each task's threads are the CPUs Slurm gave it, as in slurm/env.sh (without this, torch takes every
+        # core of the node where no cgroup or affinity limits it); launch.setup may override it
+        "setup": [f"export OMP_NUM_THREADS={res.cpus_per_task}", *launch.setup,
+                  f"export SUBMITIT_PREEMPT_SIGNAL={SIGNAL}"],
+        "additional_parameters": extra,
     }
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
