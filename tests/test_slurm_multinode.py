@@ -208,6 +208,27 @@ def test_a_lost_node_fails_the_job_and_the_requeue_finishes_it_identically(stand
     node_back(lost)  # back in service; the orphaned rank it kept while cut off is gone
 
 
+@full_set
+def test_a_rank_killed_on_the_other_node_ends_the_job_at_once(standin, jobs):
+    """kill -9 of the rank on the second node: ``srun --kill-on-bad-exit`` ends the whole step
+    across hosts in seconds, instead of rank 0 waiting out its 10-minute collective timeout."""
+    job = train(standin, "killed_rank", ["--nodes=2", "--ntasks-per-node=1"],
+                "train.max_steps=50", "train.collective_timeout_minutes=10")
+    jobs.append(job)
+    metrics = standin["root"] / "killed_rank" / "logs" / "metrics.csv"
+    wait_for("step 1", lambda: metrics.exists() and re.search(r"^1,train,", metrics.read_text(),
+                                                              re.M)
+             or job.state() in FINAL_STATES, 600, job)
+    other = job_nodes(job)[-1]
+    ranks = [p for p in node_processes(other)
+             if b"pipeline.train" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(ranks) == 1, ranks
+    os.kill(ranks[0], signal.SIGKILL)
+    took = wait_for("the job's end", lambda: job.state() in FINAL_STATES, 120, job)
+    print(f"rank on {other} killed: job {job.state()} after {took:.0f} s")
+    assert job.state() == "FAILED" and "REQUEUED" not in job.history(), job.describe()
+
+
 # ------------------------------------------------------------------ generation
 def assert_same_bytes(store: Path, expected: dict[str, bytes]) -> None:
     """Every file of the zarr store as expected; its zarr.json except the creation time."""
