@@ -409,6 +409,9 @@ up() {  # up [--nodes N]
     done
   fi
   if ((NODES > 0)); then echo "$NODES" >"$NODES_FILE"; else rm -f "$NODES_FILE"; fi
+  if node_paths_changed; then  # e.g. the tests now run from another checkout under /tmp
+    for d in $(cd "$PIDS" && ls -d slurmd@* 2>/dev/null); do say "shared paths changed: restarting $d"; stop "$d"; done
+  fi
   link_etc
   if healthy; then
     say "already up and healthy ($DIR); nothing to do"

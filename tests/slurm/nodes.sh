@@ -89,11 +89,12 @@ shared_paths() {  # paths under /tmp that every node must see besides the state 
 }
 
 start_node() {  # start_node NODE: its slurmd inside its namespaces (node_boot.sh); PID recorded as slurmd@NODE
-  local node=$1 paths
+  local node=$1 paths p
   alive "slurmd@$node" && return 0
   stop "slurmd@$node"
   mkdir -p "$DIR/nodes/$node" "$DIR/spool/$node"
   mapfile -t paths < <(shared_paths)
+  for p in "${paths[@]}"; do [ -d "$p" ] || die "CALO_SLURM_SHARED: $p is not a directory"; done
   # nsenter, not `ip netns exec`: that remounts /sys, without the cgroup filesystem slurmd 22.05 needs
   launch "slurmd@$node" "$LOG/slurmd-$node.out" nsenter --net="/run/netns/calo-$node" \
     unshare --uts --mount --propagation private -- bash "$HERE/node_boot.sh" "$node" "$DIR" "$CONF" "${paths[@]}"
@@ -106,6 +107,10 @@ nodes_net_up() {  # nodes_net_up N: the bridge (the head's address, needed befor
   write_hosts "$n"
   bridge_up
   for node in $(node_names "$n"); do node_net_up "$node"; done
+}
+
+node_paths_changed() {  # the paths bound back into the nodes' /tmp differ from those the running slurmds have
+  shared_paths | write_if_changed "$DIR/etc/node_paths" 644
 }
 
 nodes_up() {  # nodes_up N: the slurmds of node1..N; waits until all are idle
