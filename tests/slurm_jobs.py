@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_module
+
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                 "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 CPU_JOB = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
@@ -128,3 +130,17 @@ def smoke_env(standin: dict, run_dir: Path, *extra: str) -> dict:
     sets = [f"run.dir={run_dir}", f"data.inputs=[{standin['hdf5']}]",
             f"data.store={standin['store']}", *extra]
     return {"CONFIG": "configs/smoke.yaml", "CALO_SET": " ".join(sets)}
+
+
+def make_standin(root: Path) -> dict:
+    """256 stand-in ds3 showers in ``root`` and their zarr store, made directly (not through
+    SLURM): ``{"root", "hdf5", "store"}``."""
+    hdf5, store = root / "standin_ds3.hdf5", root / "showers.zarr"
+    out = run_module("data_tools.simulate", "--geometry", "ds3", "--n", "256", "--out", str(hdf5),
+                     "--seed", "1", "--quiet")
+    assert out.returncode == 0, out.stderr
+    out = run_module("data_tools.convert", str(hdf5), "--geometry", "ds3", "--out", str(store),
+                     "--chunk-rows", "16", "--shard-rows", "64", "--validation-fraction", "0.125",
+                     "--quiet")
+    assert out.returncode == 0, out.stderr
+    return {"root": root, "hdf5": hdf5, "store": store}

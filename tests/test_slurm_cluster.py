@@ -21,12 +21,13 @@ from slurm_jobs import (
     FINAL_STATES,
     SlurmJob,
     cluster_unavailable,
+    make_standin,
     run_cmd,
     slurm_job,
     smoke_env,
 )
 
-from conftest import REPO, run_module, tree_bytes
+from conftest import REPO, tree_bytes
 
 _REASON = cluster_unavailable()
 pytestmark = [pytest.mark.slow,
@@ -37,16 +38,7 @@ pytestmark = [pytest.mark.slow,
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory) -> dict:
     """Stand-in ds3 showers and their zarr store, made directly (not through SLURM)."""
-    root = tmp_path_factory.mktemp("slurm_data")
-    hdf5, store = root / "standin_ds3.hdf5", root / "showers.zarr"
-    out = run_module("data_tools.simulate", "--geometry", "ds3", "--n", "256", "--out", str(hdf5),
-                     "--seed", "1", "--quiet")
-    assert out.returncode == 0, out.stderr
-    out = run_module("data_tools.convert", str(hdf5), "--geometry", "ds3", "--out", str(store),
-                     "--chunk-rows", "16", "--shard-rows", "64", "--validation-fraction", "0.125",
-                     "--quiet")
-    assert out.returncode == 0, out.stderr
-    return {"root": root, "hdf5": hdf5, "store": store}
+    return make_standin(tmp_path_factory.mktemp("slurm_data"))
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,10 @@
 its own hostname, address, /tmp and /dev/shm (tests/slurm/README.md); the shared filesystem is the
 machine's, so the tests work in ``<cluster state dir>/shared``, which every node sees.
 
-CI runs the two-node training equality (with a SIGUSR1 requeue) and the lost-node training test;
-``CALO_SLURM_FULL=1`` adds generation across nodes (with a crashed node), the per-node state and the
-MPI conversion across nodes (docs/reliability.md has the timings).
+CI runs the two-node training equality and the lost-node training test; ``CALO_SLURM_FULL=1`` adds
+a SIGUSR1 requeue on two nodes, a rank killed on the other node, generation across nodes (with a
+crashed node) and through the launch DAG, the per-node state and the MPI conversion across nodes
+(docs/reliability.md has the timings).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from slurm_jobs import (
     SlurmJob,
     clean_env,
     cluster_unavailable,
+    make_standin,
     run_cmd,
     slurm_job,
     smoke_env,
@@ -119,15 +121,7 @@ def shared() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def standin(shared: Path) -> dict:
-    hdf5, store = shared / "standin_ds3.hdf5", shared / "showers.zarr"
-    out = run_module("data_tools.simulate", "--geometry", "ds3", "--n", "256", "--out", str(hdf5),
-                     "--seed", "1", "--quiet")
-    assert out.returncode == 0, out.stderr
-    out = run_module("data_tools.convert", str(hdf5), "--geometry", "ds3", "--out", str(store),
-                     "--chunk-rows", "16", "--shard-rows", "64", "--validation-fraction",
-                     "0.125", "--quiet")
-    assert out.returncode == 0, out.stderr
-    return {"root": shared, "hdf5": hdf5, "store": store}
+    return make_standin(shared)
 
 
 def train(standin: dict, name: str, layout: list[str], *extra: str) -> SlurmJob:
