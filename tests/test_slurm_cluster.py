@@ -42,7 +42,7 @@ def standin(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def smokerun_cmd(standin, tmp_path_factory) -> tuple[SlurmJob, Path]:
+def smoke_run(standin, tmp_path_factory) -> tuple[SlurmJob, Path]:
     """``sbatch slurm/train_ds3.sh`` with the smoke config, 2 CPU tasks, submitted from outside the
     repository."""
     cwd = tmp_path_factory.mktemp("slurm_train")

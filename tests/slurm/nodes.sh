@@ -85,7 +85,8 @@ node_net_up() {  # node_net_up NODE: its namespace, veth pair and address (idemp
 shared_paths() {  # paths under /tmp that every node must see besides the state dir
   local p
   echo "$REPO_ROOT"
-  tr ':' '\n' <<<"${CALO_SLURM_SHARED:-}" | while read -r p; do [ -n "$p" ] && echo "$p"; done
+  tr ':' '\n' <<<"${CALO_SLURM_SHARED:-}" | while read -r p; do [ -z "$p" ] || echo "$p"; done
+  return 0
 }
 
 start_node() {  # start_node NODE: its slurmd inside its namespaces (node_boot.sh); PID recorded as slurmd@NODE
@@ -110,7 +111,7 @@ nodes_net_up() {  # nodes_net_up N: the bridge (the head's address, needed befor
 }
 
 node_paths_changed() {  # the paths bound back into the nodes' /tmp differ from those the running slurmds have
-  shared_paths | write_if_changed "$DIR/etc/node_paths" 644
+  write_if_changed "$DIR/etc/node_paths" 644 < <(shared_paths)
 }
 
 nodes_up() {  # nodes_up N: the slurmds of node1..N; waits until all are idle
