@@ -33,6 +33,8 @@ from slurm_jobs import (
     smoke_env,
 )
 
+from pipeline.data.run_layout import sample_blocks_dir
+
 from conftest import REPO, run_module, tree_bytes
 
 NODES = 3  # cluster.sh up --nodes 3: two-node jobs, and a third node for a requeue after a lost one
@@ -91,6 +93,22 @@ def wait_for(what: str, check, timeout: float, job: SlurmJob | None = None) -> f
             pytest.fail(f"{what}: not within {timeout:.0f} s{log}")
         time.sleep(1)
     return time.monotonic() - start
+
+
+def logged_step(run: Path, step: int) -> bool:
+    """Whether the run's metrics.csv has its training row of ``step``."""
+    metrics = run / "logs" / "metrics.csv"
+    return metrics.exists() and re.search(rf"^{step},train,", metrics.read_text(), re.M) is not None
+
+
+def on_two_nodes(job: SlurmJob) -> None:
+    """Wait until sacct shows the job's latest run on two nodes (it may lag the final state)."""
+    wait_for("two nodes in sacct", lambda: len(set(job_nodes(job))) == 2, 30, job)
+
+
+def block_markers(sample: Path) -> list[dict]:
+    """The finished-block markers of a generated sample."""
+    return [json.loads(p.read_text()) for p in sample_blocks_dir(sample).glob("block_*.json")]
 
 
 def requeued_run_ended(job: SlurmJob, timeout: float = 900) -> None:
@@ -154,7 +172,7 @@ def test_two_nodes_train_as_one_node(standin, one_node, jobs):
     two = train(standin, "two_nodes", ["--nodes=2", "--ntasks-per-node=1"])
     jobs.append(two)
     two.wait(timeout=600)
-    wait_for("two nodes in sacct", lambda: len(set(job_nodes(two))) == 2, 30, two)
+    on_two_nodes(two)
     assert digests(standin, "two_nodes") == one_node
 
 
@@ -164,9 +182,7 @@ def test_a_requeue_on_two_nodes_resumes_exactly(standin, one_node, jobs):
     nodes, to the weights of the uninterrupted run."""
     requeued = train(standin, "requeued", ["--nodes=2", "--ntasks-per-node=1"])
     jobs.append(requeued)
-    metrics = standin["root"] / "requeued" / "logs" / "metrics.csv"
-    wait_for("step 2 of the job to requeue",
-             lambda: metrics.exists() and re.search(r"^2,train,", metrics.read_text(), re.M)
+    wait_for("step 2 of the job to requeue", lambda: logged_step(standin["root"] / "requeued", 2)
              or requeued.state() in FINAL_STATES, 600, requeued)
     assert run_cmd("scancel", "--signal=USR1", requeued.id).returncode == 0
     requeued_run_ended(requeued)
@@ -209,9 +225,7 @@ def test_a_rank_killed_on_the_other_node_ends_the_job_at_once(standin, jobs):
     job = train(standin, "killed_rank", ["--nodes=2", "--ntasks-per-node=1"],
                 "train.max_steps=50", "train.collective_timeout_minutes=10")
     jobs.append(job)
-    metrics = standin["root"] / "killed_rank" / "logs" / "metrics.csv"
-    wait_for("step 1", lambda: metrics.exists() and re.search(r"^1,train,", metrics.read_text(),
-                                                              re.M)
+    wait_for("step 1", lambda: logged_step(standin["root"] / "killed_rank", 1)
              or job.state() in FINAL_STATES, 600, job)
     other = job_nodes(job)[-1]
     ranks = [p for p in node_processes(other)
@@ -280,8 +294,7 @@ def test_generation_across_nodes_survives_a_crashed_node(standin, one_process, j
     two = generate(standin, model, root / "two_nodes.zarr")
     jobs.append(two)
     two.wait(timeout=900)
-    markers = [json.loads(p.read_text())
-               for p in (root / "two_nodes.zarr.blocks").glob("block_*.json")]
+    markers = block_markers(root / "two_nodes.zarr")
     assert sorted(m["block"] for m in markers) == list(range(6)), markers
     assert {m["host"] for m in markers} == set(job_nodes(two)), markers
     assert two.text().count("generate: complete") == 1, two.describe()
@@ -327,9 +340,8 @@ def test_the_launch_dag_generates_on_two_nodes(standin, one_process):
         job.wait(timeout=900)
     finally:
         job.cancel_if_running()
-    wait_for("two nodes in sacct", lambda: len(set(job_nodes(job))) == 2, 30, job)
-    markers = [json.loads(p.read_text()) for p in (standin["root"] / "launched.zarr.blocks")
-               .glob("block_*.json")]
+    on_two_nodes(job)
+    markers = block_markers(out)
     assert {m["host"] for m in markers} == set(job_nodes(job)), markers
     assert_same_bytes(out, one_process)
 
@@ -400,6 +412,6 @@ def test_mpi_conversion_across_nodes_writes_the_same_store(standin, jobs):
                     env=env, cwd=standin["root"], name="calo-multinode-convert")
     jobs.append(job)
     job.wait(timeout=600)
-    wait_for("two nodes in sacct", lambda: len(set(job_nodes(job))) == 2, 30, job)
+    on_two_nodes(job)
     assert job.text().count("convert: wrote 256 showers") == 1, job.describe()
     assert tree_bytes(store) == tree_bytes(standin["store"])
