@@ -1,212 +1,40 @@
-"""Export a zarr shower sample (generated or converted) as a CaloChallenge HDF5 file.
+"""Export a zarr shower sample (generated or converted) as CaloChallenge HDF5: one file, or files of a fixed size.
 
     python -m data_tools.export SAMPLE.zarr --out FILE.hdf5 [--start I --stop J] [--dtype float64]
-    python -m data_tools.export --config CFG [--set K=V]     # sample and file from the config
+    python -m data_tools.export SAMPLE.zarr --out DIR/1M.hdf5 --rows-per-file 100000   # 1M_1.hdf5 ... + 1M.files.json
+    python -m data_tools.export --config CFG [--set K=V]     # sample, file(s) and dtype from the config
 
-Writes ``incident_energies`` (N, 1) and ``showers`` (N, V), both MeV and gzip-compressed, voxel order
-(layer, angle, radius) with the radius fastest (``showers.reshape(N, -1)`` of the store's array).
-
-Bounded memory: the sample is streamed block by block, one store shard (``shard_rows`` showers,
-about 80 MB of float32 for ds3) at a time, so a million-shower export never holds the sample in
-memory; ``--workers`` threads compress the HDF5 chunks. The file is written as ``FILE.partial``
-and renamed when complete, so an interrupted export never leaves a file that looks complete;
-re-running the same command starts it again. The file's attrs name the sample it came from
-(path, rows, dtype, a fingerprint of the sample's attrs); with ``--config`` an existing export of
-the same sample is skipped, so the stage is idempotent.
+One file: :mod:`data_tools.export_file` (streamed block by block, written as ``FILE.partial`` and renamed,
+so memory stays bounded and an interrupted export never looks complete). Several files:
+:mod:`data_tools.export_files` (each file complete on its own, an index written last; a re-run keeps the
+finished files). A finished export of the same sample is skipped, so re-running the command is safe.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import sys
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
-import h5py
-import numpy as np
-from tqdm import tqdm
-
-from pipeline.config import ConfigError, add_config_arguments
-from pipeline.data.calochallenge_hdf5 import (
-    ENERGY_KEY,
-    SHOWER_KEY,
-    InputError,
-    shower_file_writer,
-    write_chunk,
+from data_tools.export_file import (
+    ExportError,
+    default_workers,
+    export,
+    is_same_export,
+    open_sample,
+    resolve_range,
 )
-from pipeline.data.sample_store import check_generation_complete
-from pipeline.data.shower_store import ShowerStore, StoreError, read_attrs
+from data_tools.export_files import export_files, is_same_file_export
+from pipeline.config import ConfigError, add_config_arguments, load_config
+from pipeline.data import run_layout
+from pipeline.data.calochallenge_hdf5 import InputError
+from pipeline.data.run_layout import export_index
+from pipeline.data.shower_store import StoreError
 from pipeline.runtime.exit_codes import EXIT_CONFIG, EXIT_STORAGE
 from pipeline.runtime.signals import catch_from_start, run_main
 
-#: target uncompressed size of one HDF5 chunk (as data_tools.simulate writes them)
-CHUNK_BYTES = 4 << 20
-#: gzip level of both datasets
-LEVEL = 4
-EXPORTER = "data_tools.export"
-
-
-class ExportError(ValueError):
-    """An export that cannot be done (bad range, output in the way); the message names the path."""
-
-
-def open_sample(path: str | Path) -> ShowerStore:
-    """Open a complete zarr sample (generated or converted), with errors that say what to do."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such zarr store")
-    if path.is_file():
-        raise StoreError(f"{path}: is a file, not a zarr store (export reads the stores written by "
-                         "pipeline.generate or data_tools.convert)")
-    if read_attrs(path) is None:
-        raise StoreError(f"{path}: not a zarr store (no readable zarr.json)")
-    check_generation_complete(path)
-    return ShowerStore(path)
-
-
-def sample_fingerprint(store: ShowerStore) -> str:
-    """sha256 of the sample's attrs: changes whenever the sample is regenerated or reconverted differently."""
-    return hashlib.sha256(json.dumps(store.attrs, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def block_ranges(start: int, stop: int, rows: int) -> list[tuple[int, int]]:
-    """Consecutive ``[a, b)`` of at most ``rows`` rows covering ``[start, stop)``."""
-    return [(a, min(a + rows, stop)) for a in range(start, stop, rows)]
-
-
-def read_block(store: ShowerStore, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``[start, stop)``: energies (rows,) float64 and flat showers (rows, V) float32."""
-    try:
-        showers = store.showers[start:stop]
-        energies = store.energies_array[start:stop]
-    except Exception as err:  # zarr/numcodecs raise several types for damaged chunks
-        raise StoreError(f"{store.path}: cannot read rows {start}-{stop}: {err}") from err
-    return np.asarray(energies, dtype=np.float64), showers.reshape(stop - start, -1)
-
-
-def _chunk_rows(block_rows: int, row_bytes: int) -> int:
-    """HDF5 chunk rows: the largest divisor of ``block_rows`` with chunks of at most CHUNK_BYTES (so
-    each block fills whole chunks and no chunk is ever rewritten)."""
-    target = max(1, CHUNK_BYTES // row_bytes)
-    return max(d for d in range(1, min(target, block_rows) + 1) if block_rows % d == 0)
-
-
-def _resolve_range(store: ShowerStore, start: int, stop: int | None) -> tuple[int, int]:
-    stop = store.n if stop is None else stop
-    if not 0 <= start < store.n:
-        raise ExportError(f"{store.path}: --start {start} is out of range (the sample has {store.n} showers, rows 0-{store.n - 1})")
-    if not start < stop <= store.n:
-        raise ExportError(f"{store.path}: --stop {stop} is out of range (must be in {start + 1}..{store.n} for --start {start})")
-    return start, stop
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.is_dir():
-        raise ExportError(f"{out}: is a directory; --out names the HDF5 file to write")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out}: already exists; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise ExportError(f"{out}: output directory {out.parent} does not exist")
-
-
-def existing_export(out: Path) -> dict[str, Any] | None:
-    """The provenance attrs of an export written by this tool (None when absent or unreadable)."""
-    try:
-        with h5py.File(out, "r") as f:
-            attrs = dict(f.attrs)
-    except OSError:
-        return None
-    if attrs.get("exporter") != EXPORTER:
-        return None
-    return {k: v.item() if isinstance(v, np.generic) else (v.decode() if isinstance(v, bytes) else v)
-            for k, v in attrs.items()}
-
-
-def is_same_export(out: Path, store: ShowerStore, start: int, stop: int, dtype: str) -> bool:
-    """Whether ``out`` is a complete export of exactly these rows of this sample in ``dtype``."""
-    attrs = existing_export(out)
-    return attrs is not None and attrs.get("sample_fingerprint") == sample_fingerprint(store) and \
-        attrs.get("start") == start and attrs.get("stop") == stop and attrs.get("dtype") == dtype
-
-
-def iter_blocks(store: ShowerStore, start: int, stop: int, rows: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    for a, b in block_ranges(start, stop, rows):
-        energies, showers = read_block(store, a, b)
-        yield a, b, energies, showers
-
-
-def deflate(chunk: np.ndarray, level: int = LEVEL) -> bytes:
-    """One chunk as the HDF5 gzip (deflate) filter stores it; the run-length strategy compresses the
-    zero-dominated showers about as well as the default one, 2-3x faster (zlib releases the GIL)."""
-    comp = zlib.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_RLE)
-    return comp.compress(np.ascontiguousarray(chunk).tobytes()) + comp.flush()
-
-
-def write_showers(dset: h5py.Dataset, offset: int, showers: np.ndarray, pool: ThreadPoolExecutor | None) -> None:
-    """Write ``showers`` at row ``offset`` (a chunk boundary) as whole pre-compressed chunks."""
-    chunk_rows = dset.chunks[0]
-    chunks = []
-    for a in range(0, showers.shape[0], chunk_rows):
-        chunk = showers[a:a + chunk_rows]
-        if chunk.shape[0] < chunk_rows:  # HDF5 stores edge chunks at full size
-            chunk = np.concatenate([chunk, np.zeros((chunk_rows - chunk.shape[0], chunk.shape[1]), chunk.dtype)])
-        chunks.append(chunk)
-    for k, data in enumerate(pool.map(deflate, chunks) if pool is not None else map(deflate, chunks)):
-        write_chunk(dset, offset + k * chunk_rows, data)
-
-
-def default_workers() -> int:
-    """Compression threads: the cores this process may use, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores))
-
-
-def export(sample: str | Path, out: str | Path, *, start: int = 0, stop: int | None = None, dtype: str = "float32",
-           overwrite: bool = False, progress: bool = True, block_rows: int | None = None, workers: int = 1) -> Path:
-    """Write rows ``[start, stop)`` of the zarr ``sample`` to the CaloChallenge HDF5 file ``out``.
-
-    Streams blocks of ``block_rows`` showers (default: the store's shard rows), so memory stays at
-    about two blocks whatever the sample's size; ``workers`` threads compress the HDF5 chunks.
-    Raises StoreError (bad sample), ExportError (bad range or output path) or OSError; on any
-    failure no file is left at ``out`` (nor ``out.partial``); an existing ``out`` (with
-    ``overwrite``) is replaced only when the new file is complete.
-    """
-    if dtype not in ("float32", "float64"):
-        raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
-    if workers < 1:
-        raise ExportError(f"workers must be >= 1, got {workers}")
-    out = Path(out)
-    store = open_sample(sample)
-    start, stop = _resolve_range(store, start, stop)
-    _check_out(out, overwrite)
-    n, n_voxels = stop - start, store.geometry.n_voxels
-    rows = max(1, block_rows or store.shard_rows)
-    chunk_rows = min(n, _chunk_rows(rows, n_voxels * np.dtype(dtype).itemsize))
-    bar = tqdm(total=n, desc=f"export {Path(sample).name}", unit="shower", disable=not progress)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="export-deflate") if workers > 1 else None
-    try:
-        with shower_file_writer(out, n, n_voxels, dtype=dtype, chunk_rows=chunk_rows, compression_level=LEVEL,
-                                overwrite=overwrite) as f:
-            f.attrs.update({"exporter": EXPORTER, "sample": str(Path(sample).resolve()), "start": start, "stop": stop,
-                            "dtype": dtype, "geometry": store.geometry.name, "units": "MeV",
-                            "sample_fingerprint": sample_fingerprint(store)})
-            e_out, s_out = f[ENERGY_KEY], f[SHOWER_KEY]
-            if s_out.chunks != (chunk_rows, n_voxels) or s_out.compression != "gzip" or s_out.shuffle:
-                raise RuntimeError(f"unexpected HDF5 layout {s_out.chunks} {s_out.compression}")
-            for a, b, energies, showers in iter_blocks(store, start, stop, rows):
-                e_out[a - start:b - start, 0] = energies.astype(dtype)
-                write_showers(s_out, a - start, showers.astype(dtype, copy=False), pool)
-                bar.update(b - a)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown()
-    return out
+__all__ = ["ExportError", "export", "export_files", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", type=int, help="row after the last one to export (default: all)")
     p.add_argument("--dtype", choices=("float32", "float64"),
                    help="dtype of both datasets (default float32; with --config generate.export_dtype)")
+    p.add_argument("--rows-per-file", type=int, metavar="K",
+                   help="write the whole sample as files of K showers, OUT_1.hdf5, OUT_2.hdf5, ..., and the index "
+                        "OUT.files.json (default: one file; with --config generate.export_rows_per_file)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="threads compressing the output (default: the usable cores, at most 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -229,7 +60,7 @@ def already_exported(sample: str | Path, out: Path, start: int, stop: int | None
     """Whether ``out`` is already this very export (a re-run after it finished, or after a kill that came
     between the final rename and the exit): then there is nothing to do."""
     store = open_sample(sample)
-    start, stop = _resolve_range(store, start, stop)
+    start, stop = resolve_range(store, start, stop)
     if not is_same_export(out, store, start, stop, dtype):
         return False
     if not quiet:
@@ -237,24 +68,45 @@ def already_exported(sample: str | Path, out: Path, start: int, stop: int | None
     return True
 
 
-def run_from_config(args: argparse.Namespace) -> Path | None:
-    """The ``--config`` mode: paths and dtype from the config unless given; skips a finished export."""
-    from pipeline.config import load_config
-    from pipeline.data import run_layout
-
-    cfg = load_config(args.config, args.overrides)
-    sample = args.sample or run_layout.sample_path(cfg)
-    out = args.out or run_layout.export_path(cfg)
-    dtype = args.dtype or cfg.generate.export_dtype
+def export_one(args: argparse.Namespace, sample: Path, out: Path, dtype: str, from_config: bool) -> Path | None:
+    """Rows ``--start``..``--stop`` into the one file ``out``; None when it is already that export."""
     if out.exists() and not args.overwrite:
         if already_exported(sample, out, args.start, args.stop, dtype, args.quiet):
             return None
-        raise ExportError(f"{out}: already exists and is not an export of the current {sample} "
-                          f"(rows {args.start}-{args.stop if args.stop is not None else 'end'}, {dtype}); "
-                          f"pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+        if from_config:
+            raise ExportError(f"{out}: already exists and is not an export of the current {sample} "
+                              f"(rows {args.start}-{args.stop if args.stop is not None else 'end'}, {dtype}); "
+                              f"pass --overwrite to replace it")
     return export(sample, out, start=args.start, stop=args.stop, dtype=dtype, overwrite=args.overwrite,
                   progress=not args.quiet, workers=args.workers)
+
+
+def export_many(args: argparse.Namespace, sample: Path, out: Path, dtype: str, rows: int) -> Path | None:
+    """The whole sample as files of ``rows`` showers; None when the index says it is already done."""
+    if args.start != 0 or args.stop is not None:
+        raise ExportError("--rows-per-file exports the whole sample; --start/--stop select the rows of one file")
+    if not args.overwrite and is_same_file_export(out, sample, rows, dtype):
+        if not args.quiet:
+            print(f"export: {export_index(out)} already lists an export of {sample} ({rows} rows per file, "
+                  f"{dtype}); nothing to do")
+        return None
+    return export_files(sample, out, rows, dtype=dtype, overwrite=args.overwrite, progress=not args.quiet,
+                        workers=args.workers)
+
+
+def run(args: argparse.Namespace) -> Path | None:
+    """Paths, dtype and file size from the arguments, else (with ``--config``) from the config."""
+    sample, out, dtype, rows = args.sample, args.out, args.dtype or "float32", args.rows_per_file
+    if args.config is not None:
+        cfg = load_config(args.config, args.overrides)
+        sample = sample or run_layout.sample_path(cfg)
+        out = out or run_layout.export_path(cfg)
+        dtype = args.dtype or cfg.generate.export_dtype
+        rows = cfg.generate.export_rows_per_file if rows is None else rows
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if rows:
+        return export_many(args, sample, out, dtype, rows)
+    return export_one(args, sample, out, dtype, args.config is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,14 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.overrides:
             parser.error("--set needs --config")
     try:
-        if args.config is not None:
-            out = run_from_config(args)
-        elif not args.overwrite and args.out.exists() and already_exported(
-                args.sample, args.out, args.start, args.stop, args.dtype or "float32", args.quiet):
-            out = None  # the same command ran to the end before
-        else:
-            out = export(args.sample, args.out, start=args.start, stop=args.stop, dtype=args.dtype or "float32",
-                         overwrite=args.overwrite, progress=not args.quiet, workers=args.workers)
+        out = run(args)
     except (ExportError, StoreError, InputError, ConfigError) as err:
         print(f"export: error: {err}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,8 +1,12 @@
-"""Summarise a CaloChallenge HDF5 file or a converted zarr store.
+"""Summarise a CaloChallenge HDF5 file, a zarr store or a multi-file export; verify a sample or an
+export.
 
-    python -m data_tools.inspect FILE.hdf5 | STORE.zarr [--sample 2000] [--json]
+    python -m data_tools.inspect FILE.hdf5 | STORE.zarr | EXPORT.files.json [--sample 2000] [--json]
+    python -m data_tools.inspect SAMPLE.zarr | EXPORT.files.json | FILE.hdf5 --verify
 
-Prints N, geometry, energy range, sparsity, size on disk and (for stores) completeness.
+Prints N, geometry, energy range, sparsity, size on disk and (for stores) completeness. ``--verify``
+(:mod:`data_tools.verify`) checks that a generated sample or an export holds every shower index
+exactly once (exit 1 and the problems when not).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
+from data_tools.export_file import ExportError
+from data_tools.export_files import read_index
 from pipeline.data.calochallenge_hdf5 import SHOWER_KEY, InputError, inspect_file, read_energies
 from pipeline.data.shower_store import ShowerStore, StoreError, chunk_bounds
 from pipeline.physics.geometry import GEOMETRY_FILES, load_geometry
@@ -70,8 +76,29 @@ def summarize_store(path: Path, sample: int) -> dict[str, Any]:
     return out
 
 
+#: what the summary of a multi-file export shows of its first file
+FILE_KEYS = ("path", "n", "zero_fraction", "etot_over_einc_mean")
+
+
+def summarize_index(path: Path, sample: int) -> dict[str, Any]:
+    """A multi-file export: its index, and the first file's summary."""
+    index = read_index(path)
+    files = [path.with_name(f["name"]) for f in index["files"]]
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    present = [f for f in files if f.is_file()]
+    first = summarize_hdf5(present[0], sample) if present else {}
+    return {"kind": "CaloChallenge HDF5 files", "path": str(path), "n": index["n"],
+            "files": len(files), "rows_per_file": index["rows_per_file"], "dtype": index["dtype"],
+            "geometry": index["geometry"],
+            "sample": index["sample"], "missing_files": [f.name for f in files if not f.is_file()],
+            "size_bytes": size, "bytes_per_shower": round(size / max(index["n"], 1), 1),
+            "first_present_file": {k: first[k] for k in FILE_KEYS if k in first}}
+
+
 def summarize(path: str | Path, sample: int = 1000) -> dict[str, Any]:
     path = Path(path)
+    if path.name.endswith(".files.json"):
+        return summarize_index(path, sample)
     if (path / "zarr.json").is_file():
         return summarize_store(path, sample)
     if path.is_file():
@@ -97,14 +124,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("path", type=Path, help="CaloChallenge HDF5 file or zarr store")
     p.add_argument("--sample", type=int, default=1000, help="showers read to estimate sparsity")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--verify", action="store_true",
+                   help="check that a generated sample or an export holds every shower "
+                        "index exactly once")
+    p.add_argument("--energies-from",
+                   help="with --verify: the reference file a sample took its energies from")
+    p.add_argument("--no-compare", action="store_true",
+                   help="with --verify of an export: check files and attrs only, not every row "
+                        "against the sample")
     args = p.parse_args(argv)
     try:
-        summary = summarize(args.path, args.sample)
-    except (InputError, StoreError, OSError) as err:
+        summary = verify(args) if args.verify else summarize(args.path, args.sample)
+    except (InputError, StoreError, ExportError, OSError) as err:
         print(f"inspect: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     print(json.dumps(summary, indent=2) if args.json else _format(summary))
-    return 0
+    return 0 if summary.get("ok", True) else 1
+
+
+def verify(args: argparse.Namespace) -> dict[str, Any]:
+    from data_tools.verify import verify_export, verify_sample
+
+    if (args.path / "zarr.json").is_file():
+        return verify_sample(args.path, args.energies_from)
+    return verify_export(args.path, compare=not args.no_compare)
 
 
 if __name__ == "__main__":

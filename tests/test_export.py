@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from data_tools import export as export_mod
+from data_tools import export_file as export_mod
 from data_tools.convert import convert
 from data_tools.export import export, main
 from pipeline.config import StoreLayout

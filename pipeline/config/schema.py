@@ -191,6 +191,8 @@ class GenerateConfig:
     # CaloChallenge HDF5 written by data_tools.export; default <sample>.hdf5
     export: Optional[str] = None
     export_dtype: Literal["float32", "float64"] = "float32"
+    # showers per exported file (<export>_1.hdf5, ... and an index <export>.files.json); 0: one file
+    export_rows_per_file: int = 0
     # HDF5 file or store: shower i gets its i-th incident energy
     energies_from: Optional[str] = None
     # MeV, log-uniform without energies_from
@@ -224,6 +226,9 @@ class GenerateConfig:
         if self.per_rank_batch_size < 0:
             raise ConfigError(f"{path}.per_rank_batch_size: must be >= 0 (0: automatic), "
                               f"got {self.per_rank_batch_size}")
+        if self.export_rows_per_file < 0:
+            raise ConfigError(f"{path}.export_rows_per_file: must be >= 0 (0: one file), "
+                              f"got {self.export_rows_per_file}")
         if self.writer_threads < 0:
             raise ConfigError(f"{path}.writer_threads: must be >= 0 (0: write in the generating "
                               f"thread), got {self.writer_threads}")

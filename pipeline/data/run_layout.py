@@ -87,6 +87,18 @@ def export_path(cfg: Config) -> Path:
             else sample_path(cfg).with_suffix(".hdf5"))
 
 
+def export_index(export: str | Path) -> Path:
+    """``STEM.files.json`` beside a multi-file export ``STEM_1.hdf5``, ``STEM_2.hdf5``, ...: written
+    last, it lists the files and marks the export complete."""
+    export = Path(export)
+    return export.with_name(export.stem + ".files.json")
+
+
+def export_marker(cfg: Config) -> Path:
+    """What marks the export stage done: the HDF5 file, or the index of a multi-file export."""
+    return export_index(export_path(cfg)) if cfg.generate.export_rows_per_file else export_path(cfg)
+
+
 def launch_dir(cfg: Config) -> Path:
     """``pipeline.launch``'s files: jobs.json, the resolved config every job reads, job logs."""
     return train_dir(cfg) / "launch"

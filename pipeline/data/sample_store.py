@@ -191,6 +191,9 @@ class SampleStore:
                                "ms_per_shower_per_rank": 1e3 * seconds / self.n,
                                "devices": sorted({m["device"] for m in markers}),
                                "ranks": sorted({m["rank"] for m in markers})},
+                    "peak_rss_mb_per_rank": {
+                        str(r): max(m.get("peak_rss_mb", 0.0) for m in markers if m["rank"] == r)
+                        for r in sorted({m["rank"] for m in markers})},
                     **extra, "written_at": utc_now()}
         self.store.group.attrs.update({"complete": True, "energy_range_mev": [float(energies.min()),
                                                                              float(energies.max())]})

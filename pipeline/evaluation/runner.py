@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from pipeline.evaluation.separation import (
     compare_grouped_counts,
     family_summary,
 )
+from pipeline.runtime.memory import peak_rss_mb
 
 #: fewest showers per sample in an incident-energy bin for its separation powers
 MIN_BIN_SHOWERS = 20
@@ -118,11 +118,6 @@ def profiles(gen: SampleObservables, ref: SampleObservables) -> dict[str, Any]:
 
 def _subsample_rows(n: int, m: int, seed: int, which: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, which, 0x10E]).choice(n, size=m, replace=False))
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def evaluate_samples(generated: Sample, reference: Sample, opts: EvalOptions, out: Path | None = None) -> dict[str, Any]:

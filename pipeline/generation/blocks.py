@@ -21,6 +21,7 @@ from pipeline.generation.sampler import Sampler
 from pipeline.generation.shard_writer import ShardWriter
 from pipeline.runtime.files import utc_now
 from pipeline.runtime.gpu_claim import bind_local_gpu
+from pipeline.runtime.memory import peak_rss_mb
 from pipeline.runtime.precision import autocast
 from pipeline.runtime.signals import StopSignals
 
@@ -93,7 +94,8 @@ def generate_blocks(sample: SampleStore, sampler: Sampler, energies: IncidentEne
         start, stop = sample.rows(block)
         seconds = info.pop("finished") - info.pop("t0")
         sample.mark_done(block, {"seconds": seconds, **info,
-                                 "showers_per_s": (stop - start) / seconds})
+                                 "showers_per_s": (stop - start) / seconds,
+                                 "peak_rss_mb": round(peak_rss_mb(), 1)})
         if not progress:
             print(f"generate: rank {rank} block {block} ({start}-{stop}) "
                   f"{(stop - start) / seconds:.1f} showers/s", file=sys.stderr)

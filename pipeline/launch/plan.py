@@ -79,7 +79,7 @@ def chain(cfg: Config) -> list[Stage]:
     sample = run_layout.sample_path(cfg)
     out += [Stage("generate", "generate", run_layout.sample_manifest(sample),
                   run_layout.sample_blocks_dir(sample)),
-            Stage("export", "export", run_layout.export_path(cfg), None),
+            Stage("export", "export", run_layout.export_marker(cfg), None),
             Stage("evaluate", "evaluate", run_layout.evaluation_dir(cfg) / run_layout.REPORT_FILE,
                   run_layout.evaluation_dir(cfg))]
     return out

@@ -5,6 +5,7 @@ Owns: rank discovery and the process group (:mod:`.distributed`), the MPI commun
 (:mod:`.requeue_policy`), exit codes (:mod:`.exit_codes`), time limits
 (:mod:`.time_limit`), derived seeds (:mod:`.seeds`), atomic files, checksums and timestamps
 (:mod:`.files`), lock files on shared filesystems (:mod:`.lock_file`), tensor files that load without
-unpickling (:mod:`.tensor_files`), autocast precision (:mod:`.precision`) and one rank per GPU
-(:mod:`.gpu_claim`). May import: nothing else of ``pipeline`` (the bottom layer).
+unpickling (:mod:`.tensor_files`), autocast precision (:mod:`.precision`), one rank per GPU
+(:mod:`.gpu_claim`) and peak memory (:mod:`.memory`). May import: nothing else of ``pipeline``
+(the bottom layer).
 """

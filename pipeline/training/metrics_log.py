@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from pipeline.runtime.files import atomic_write_bytes
+from pipeline.runtime.memory import peak_rss_mb
 
 COLUMNS = ("step", "kind", "epoch", "loss", "layer_loss", "voxel_loss", "ema_loss", "lr", "grad_norm",
            "samples_per_s", "max_mem_mb", "elapsed_s")
@@ -67,7 +67,7 @@ def max_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated on ``device``, or this process's peak resident set size on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_mb()
 
 
 def _fmt(value: Any) -> str:

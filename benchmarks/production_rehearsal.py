@@ -1,0 +1,273 @@
+"""The production path at full size: a cheap model -> N showers over SLURM tasks -> files -> verify
+-> evaluate.
+
+    .venv/bin/python benchmarks/production_rehearsal.py --config configs/rehearsal_ds2.yaml \
+        --workdir /work/reh --n 1000000 --via launch --results docs/rehearsal_ds2.json
+    ... --n 100000 --via sbatch        # the same through `sbatch --array slurm/generate.sh`
+    ... --n 100000 --via local    # `python -m pipeline.generate --rank r --world-size 2`, r=0,1
+
+Every step is the command a user types (README "Producing a million showers"), run as a child
+process whose wall time and peak resident memory (``wait4``) are recorded; SLURM-run generation
+ranks report their own peak memory in the block markers. Steps whose output is complete are skipped,
+so re-running the same command resumes. Stages: ``data_tools.convert`` (stand-in training data and
+the reference) and ``pipeline.train`` (once per workdir), ``pipeline.generate`` into
+``WORKDIR/samples/<N>.zarr`` (``--ranks`` tasks), the network-only time of the same showers (in this
+process, one thread), ``data_tools.export`` into files of ``generate.export_rows_per_file`` showers,
+``data_tools.inspect --verify`` of the sample and of the files, and ``pipeline.evaluate`` against
+the reference. The results of each N go into ``--results`` (JSON, merged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# benchmarks/ is the script's directory
+from generate_pipeline import network_only_seconds  # noqa: E402
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data import run_layout  # noqa: E402
+from pipeline.physics.geometry import load_geometry  # noqa: E402
+
+PY = sys.executable
+
+
+def timed(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run ``cmd`` (output appended to ``log``); its wall seconds and peak RSS; raises when it
+    fails."""
+    t0 = time.perf_counter()
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{cmd[2] if len(cmd) > 2 else cmd[0]} exited {code}; see {log}")
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """Every path of the config moved into the workdir; the sample named after N."""
+    w = args.workdir
+    sets = [
+        f"run.dir={w}/run",
+        f"data.inputs=[{w}/standin.hdf5]",
+        f"data.store={w}/showers.zarr",
+        f"evaluate.reference={w}/reference.hdf5",
+        f"generate.n={args.n}",
+        f"generate.out={w}/samples/{args.n}.zarr",
+        f"generate.export={w}/files/{args.n}/generated.hdf5",
+        f"evaluate.out={w}/evaluation/{args.n}",
+        f"launch.generate.tasks_per_node={args.ranks}",
+    ]
+    return sets + list(args.set or [])
+
+
+def set_args(sets: list[str]) -> list[str]:
+    return [a for s in sets for a in ("--set", s)]
+
+
+def one_thread_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+
+
+def generate(args: argparse.Namespace, sets: list[str], log: Path) -> dict[str, Any]:
+    """``--ranks`` generation tasks by the chosen route; wall time until the manifest exists."""
+    cfg = load_config(args.config, sets)
+    manifest = run_layout.sample_manifest(run_layout.sample_path(cfg))
+    if manifest.is_file():
+        return {"skipped": "already complete"}
+    t0 = time.perf_counter()
+    if args.via == "local":
+        procs = [
+            subprocess.Popen(
+                [
+                    PY,
+                    "-m",
+                    "pipeline.generate",
+                    "--config",
+                    str(args.config),
+                    *set_args(sets),
+                    "--rank",
+                    str(r),
+                    "--world-size",
+                    str(args.ranks),
+                ],
+                cwd=ROOT,
+                stdout=open(log, "a"),
+                stderr=subprocess.STDOUT,
+                env=one_thread_env(),
+            )
+            for r in range(args.ranks)
+        ]
+        rss = [os.wait4(p.pid, 0)[2].ru_maxrss / 1024 for p in procs]
+        out: dict[str, Any] = {"process_peak_rss_mb": [round(r, 1) for r in rss]}
+    elif args.via == "launch":
+        timed(
+            [
+                PY,
+                "-m",
+                "pipeline.launch",
+                "--config",
+                str(args.config),
+                "--executor",
+                "slurm",
+                "--stages",
+                "generate",
+                *set_args(sets),
+            ],
+            log,
+        )
+        out = {}
+    else:
+        env = one_thread_env(CONFIG=str(args.config), CALO_SET=" ".join(sets), CALO_REPO=str(ROOT))
+        timed(
+            [
+                "sbatch",
+                "--parsable",
+                f"--array=0-{args.ranks - 1}",
+                "--nodes=1",
+                "--ntasks-per-node=1",
+                "--gpus-per-node=0",
+                "--cpus-per-task=1",
+                f"--output={log.parent}/slurm-%A_%a.out",
+                str(ROOT / "slurm/generate.sh"),
+            ],
+            log,
+            env,
+        )
+        out = {}
+    while not manifest.is_file():
+        if args.via == "local" or time.perf_counter() - t0 > args.timeout_minutes * 60:
+            raise RuntimeError(f"{manifest} was not written; see {log} (and sacct)")
+        time.sleep(5)
+    out["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return out | block_statistics(
+        run_layout.sample_blocks_dir(run_layout.sample_path(cfg)), cfg.generate.n
+    )
+
+
+def block_statistics(blocks_dir: Path, n: int) -> dict[str, Any]:
+    """Per rank: busy seconds, blocks and peak RSS from the block markers; the imbalance between
+    ranks."""
+    ranks: dict[int, dict[str, float]] = {}
+    for marker in blocks_dir.glob("block_*.json"):
+        m = json.loads(marker.read_text())
+        r = ranks.setdefault(
+            int(m["rank"]), {"blocks": 0, "seconds": 0.0, "showers": 0, "peak_rss_mb": 0.0}
+        )
+        r["blocks"] += 1
+        r["seconds"] += m["seconds"]
+        r["showers"] += m["rows"][1] - m["rows"][0]
+        r["peak_rss_mb"] = max(r["peak_rss_mb"], m.get("peak_rss_mb", 0.0))
+    busy = [r["seconds"] for r in ranks.values()]
+    return {
+        "ranks": {
+            str(k): {**v, "seconds": round(v["seconds"], 1)} for k, v in sorted(ranks.items())
+        },
+        "rank_seconds": round(sum(busy), 1),
+        "ms_per_shower_per_rank": round(1e3 * sum(busy) / n, 3),
+        "imbalance": round(max(busy) / (sum(busy) / len(busy)) - 1, 4),
+    }
+
+
+def disk_bytes(*paths: Path) -> int:
+    return sum(
+        f.stat().st_size
+        for p in paths
+        if p.exists()
+        for f in ([p] if p.is_file() else p.rglob("*"))
+        if f.is_file()
+    )
+
+
+def rehearse(args: argparse.Namespace) -> dict[str, Any]:
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    log = args.workdir / f"rehearsal_{args.n}.log"
+    sets = overrides(args)
+    cfg = load_config(args.config, sets)
+    common = ["--config", str(args.config), *set_args(sets)]
+    res: dict[str, Any] = {
+        "n": args.n,
+        "via": args.via,
+        "ranks": args.ranks,
+        "config": str(args.config),
+        "overrides": sets,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if not run_layout.sample_manifest(run_layout.sample_path(cfg)).is_file():
+        if (
+            not Path(cfg.data.store, "zarr.json").is_file()
+            or not Path(cfg.evaluate.reference).is_file()
+        ):
+            res["convert"] = timed([PY, "-m", "data_tools.convert", *common], log)
+        if not (run_layout.train_dir(cfg) / run_layout.DONE_FILE).is_file():
+            res["train"] = timed([PY, "-m", "pipeline.train", *common], log)
+    res["generate"] = generate(args, sets, log)
+    sample = run_layout.sample_path(cfg)
+    res["disk"] = {
+        "sample_bytes": disk_bytes(sample, run_layout.sample_blocks_dir(sample)),
+        "float32_bytes": args.n * load_geometry(cfg.data.geometry).n_voxels * 4,
+    }
+    n_net = min(args.n, args.network_showers)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    res["network_only_ms_per_shower"] = round(
+        1e3 * network_only_seconds(cfg, n_net, cfg.generate.per_rank_batch_size) / n_net, 3
+    )
+    res["export"] = timed([PY, "-m", "data_tools.export", *common, "--quiet"], log)
+    index = run_layout.export_marker(cfg)
+    res["disk"]["export_bytes"] = sum(f["bytes"] for f in json.loads(index.read_text())["files"])
+    for name, target in (("verify_sample", sample), ("verify_export", index)):
+        res[name] = timed([PY, "-m", "data_tools.inspect", str(target), "--verify", "--json"], log)
+    res["evaluate"] = timed([PY, "-m", "pipeline.evaluate", *common, "--quiet", "--overwrite"], log)
+    report = json.loads((run_layout.evaluation_dir(cfg) / run_layout.REPORT_FILE).read_text())
+    res["evaluate"]["report"] = {
+        "timing": report["timing"],
+        "peak_rss_mb": report["memory"]["peak_rss_mb"],
+        "auc": {k: v.get("auc") for k, v in report["classifier"].items()},
+    }
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, default=ROOT / "configs/rehearsal_ds2.yaml")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--via", choices=("launch", "sbatch", "local"), default="launch")
+    p.add_argument("--ranks", type=int, default=2, help="generation tasks (one core each)")
+    p.add_argument(
+        "--network-showers", type=int, default=4096, help="showers timed through the networks alone"
+    )
+    p.add_argument("--timeout-minutes", type=float, default=600)
+    p.add_argument("--set", action="append", help="more config overrides KEY=VALUE")
+    p.add_argument(
+        "--results", type=Path, help="JSON file to merge this run's results into (key: N and route)"
+    )
+    args = p.parse_args(argv)
+    args.workdir = args.workdir.resolve()
+    res = rehearse(args)
+    print(json.dumps(res, indent=1))
+    if args.results:
+        old = json.loads(args.results.read_text()) if args.results.exists() else {}
+        old[f"{args.n}_{args.via}"] = res
+        args.results.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
