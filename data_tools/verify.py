@@ -33,7 +33,7 @@ from pipeline.data.shower_store import ShowerStore, StoreError, read_attrs
 from pipeline.generation.energies import IncidentEnergies
 
 #: rows read at a time when comparing an export with its sample
-COMPARE_ROWS = 4096
+COMPARE_ROWS = 1024
 #: problems listed in full; the rest are counted
 MAX_LISTED = 20
 

@@ -10,13 +10,17 @@ Per shower (after the voxel threshold, as the challenge's ``HighLevelFeatures``)
 - ``sparsity[l]``: the fraction of the layer's voxels that are zero.
 
 Per sample: the voxel-energy spectrum on a fine fixed log grid, the summed shower (all showers
-and per incident-energy bin), and optionally the low-level classifier's subsample as sparse rows.
+and per incident-energy bin), the summed layer energies, and optionally the low-level classifier's
+subsample as sparse rows. The per-shower features are kept for every shower or for chosen rows
+only (``hlf_rows``), while a callback (``on_block``) sees every block's features: what the
+evaluation of a sample larger than its reference uses to keep its memory independent of N.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -68,6 +72,10 @@ class LayerMoments:
             self.matrices[i] = np.stack([np.ones_like(x), x, y, x * x, y * y], axis=1)
 
 
+#: the per-shower arrays of :class:`HighLevelFeatures`
+ARRAYS = ("e_inc", "e_tot", "e_layer", "sparsity", "ec_x", "ec_y", "width_x", "width_y")
+
+
 @dataclass
 class HighLevelFeatures:
     """Per-shower features of one sample; layer-wise arrays are (n, layers)."""
@@ -106,10 +114,14 @@ class HighLevelFeatures:
             self.ec_x / LENGTH_SCALE, self.ec_y / LENGTH_SCALE, self.width_x / LENGTH_SCALE, self.width_y / LENGTH_SCALE,
         ], axis=1).astype(np.float32)
 
+    def take(self, rows: np.ndarray) -> "HighLevelFeatures":
+        """The features of ``rows`` only."""
+        arrays = {k: getattr(self, k)[rows] for k in ARRAYS}
+        return HighLevelFeatures(self.layers, self.alpha_layers, **arrays)
+
     @classmethod
     def concatenate(cls, parts: list["HighLevelFeatures"]) -> "HighLevelFeatures":
-        arrays = {k: np.concatenate([getattr(p, k) for p in parts]) for k in
-                  ("e_inc", "e_tot", "e_layer", "sparsity", "ec_x", "ec_y", "width_x", "width_y")}
+        arrays = {k: np.concatenate([getattr(p, k) for p in parts]) for k in ARRAYS}
         return cls(parts[0].layers, parts[0].alpha_layers, **arrays)
 
 
@@ -177,6 +189,8 @@ class SampleObservables:
     shower_sum: np.ndarray  # (V,) float64
     shower_sum_ebins: np.ndarray  # (len(ENERGY_BINS_MEV), V)
     n_ebins: np.ndarray
+    e_layer_sum: np.ndarray  # (layers,) float64: summed over every shower
+    n_showers: int  # every shower of the sample (``hlf`` may keep fewer)
     low_level: SparseRows | None = None
     low_level_energies: np.ndarray | None = None
     seconds: float = 0.0
@@ -184,7 +198,12 @@ class SampleObservables:
 
     @property
     def n(self) -> int:
-        return self.hlf.n
+        return self.n_showers
+
+    @property
+    def mean_layer_energy(self) -> np.ndarray:
+        """Mean energy per relevant layer over every shower (the longitudinal profile)."""
+        return self.e_layer_sum / max(self.n, 1)
 
     @property
     def voxel_counts(self) -> np.ndarray:
@@ -210,6 +229,12 @@ def radial_profile(obs: SampleObservables) -> tuple[np.ndarray, np.ndarray]:
     return keys, np.array([centres[k] for k in keys])
 
 
+def _local_rows(rows: np.ndarray, start: int, n: int) -> np.ndarray:
+    """The sorted ``rows`` that fall into ``[start, start + n)``, relative to ``start``."""
+    lo, hi = np.searchsorted(rows, [start, start + n])
+    return rows[lo:hi] - start
+
+
 def low_level_inputs(showers: np.ndarray, energies: np.ndarray) -> np.ndarray:
     """The challenge's low-level classifier voxels: 100 * E_voxel / E_inc (float32)."""
     return (showers * (100.0 / energies)[:, None]).astype(np.float32)
@@ -221,12 +246,19 @@ def compute_observables(
     low_level_rows: np.ndarray | None = None,
     block_rows: int | None = None,
     progress: bool = False,
+    hlf_rows: np.ndarray | None = None,
+    on_block: Callable[[HighLevelFeatures], None] | None = None,
 ) -> SampleObservables:
-    """Stream ``sample`` once: features, voxel spectrum, summed showers, low-level subsample rows."""
+    """Stream ``sample`` once: features, voxel spectrum, summed showers, low-level subsample rows.
+
+    ``hlf_rows``: keep the per-shower features of these rows only (default: every row);
+    ``on_block``: called with the features of every block, in order."""
     t0 = time.perf_counter()
     g = sample.geometry
     moments = LayerMoments(g)
     keep = None if low_level_rows is None else np.unique(np.asarray(low_level_rows, dtype=np.int64))
+    keep_hlf = None if hlf_rows is None else np.unique(np.asarray(hlf_rows, dtype=np.int64))
+    e_layer_sum, n_showers = 0.0, 0
     parts, sparse_parts, groups = [], [], []
     total = np.zeros(g.n_voxels)
     total_e = np.zeros((len(ENERGY_BINS_MEV), g.n_voxels))
@@ -234,7 +266,14 @@ def compute_observables(
     bar = tqdm(total=sample.n, desc=f"observables {sample.name}", unit="shower", disable=not progress, leave=False)
     for block in sample.blocks(block_rows):
         s, e = block.showers, block.energies
-        parts.append(high_level_features(s, e, moments))
+        hlf = high_level_features(s, e, moments)
+        e_layer_sum = e_layer_sum + hlf.e_layer.sum(axis=0)
+        n_showers += len(e)
+        if on_block is not None:
+            on_block(hlf)
+        if keep_hlf is not None:
+            hlf = hlf.take(_local_rows(keep_hlf, block.start, len(e)))
+        parts.append(hlf)
         groups.append(voxel_spectrum(s))
         total += s.sum(axis=0, dtype=np.float64)
         ebin = energy_bin_index(e)
@@ -244,15 +283,16 @@ def compute_observables(
             if sel.any():
                 total_e[k] += s[sel].sum(axis=0, dtype=np.float64)
         if keep is not None:
-            lo, hi = np.searchsorted(keep, [block.start, block.start + len(e)])
-            local = keep[lo:hi] - block.start
+            local = _local_rows(keep, block.start, len(e))
             if local.size:
                 sparse_parts.append(SparseRows.from_dense(low_level_inputs(s[local], e[local])))
         bar.update(len(e))
     bar.close()
     if not parts:
         raise ValueError(f"{sample.name}: no showers")
-    out = SampleObservables(sample.name, g, HighLevelFeatures.concatenate(parts), np.concatenate(groups), total, total_e, n_e)
+    out = SampleObservables(sample.name, g, HighLevelFeatures.concatenate(parts),
+                            np.concatenate(groups), total, total_e, n_e,
+                            np.asarray(e_layer_sum, dtype=np.float64), n_showers)
     if keep is not None:
         out.low_level = SparseRows.concatenate(sparse_parts, g.n_voxels)
         out.low_level_energies = sample.energies[keep]

@@ -166,7 +166,7 @@ def profiles_figure(gen: SampleObservables, ref: SampleObservables, response: Se
     fig = plt.figure(figsize=(4.5 * panels, 3.8))
     grid = fig.add_gridspec(1, panels, **_margins(3.8))
     layers = np.asarray(ref.hlf.layers)
-    _profile_panel(fig, grid[0], layers, ref.hlf.e_layer.mean(axis=0), gen.hlf.e_layer.mean(axis=0), "layer",
+    _profile_panel(fig, grid[0], layers, ref.mean_layer_energy, gen.mean_layer_energy, "layer",
                    "mean energy [MeV]")
     r_ref, e_ref = radial_profile(ref)
     _, e_gen = radial_profile(gen)

@@ -173,6 +173,11 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", f"Voxels below {report['threshold_mev'] * 1e3:.2f} keV are set to zero in both samples first.",
               f"Mean E_tot/E_inc: generated {_f(report['response']['generated']['mean'], 4)}, "
               f"reference {_f(report['response']['reference']['mean'], 4)}.", ""]
+    kept = report.get("generated_features_kept")
+    if kept is not None and kept < g["n"]:
+        lines += [f"Separation powers, responses and profiles use all {g['n']} generated showers; "
+                  f"the high-level classifier and FPD/KPD use a random {kept} of them (as many as "
+                  f"the reference).", ""]
     lines += headline(report) + [""]
     lines += ["## Separation power", "",
               "0.5 sum (p - q)^2 / (p + q) over normalised bins fixed by the reference (equal bins between its 0.1% "

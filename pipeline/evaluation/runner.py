@@ -20,12 +20,9 @@ from pipeline.evaluation.classifier import (
     classifier_test,
 )
 from pipeline.evaluation.observables import (
-    ENERGY_BIN_LABELS,
-    ENERGY_BINS_MEV,
     FAMILIES,
     SampleObservables,
     compute_observables,
-    energy_bin_index,
     radial_profile,
     voxel_log_edges,
 )
@@ -38,10 +35,8 @@ from pipeline.evaluation.separation import (
     compare_grouped_counts,
     family_summary,
 )
+from pipeline.evaluation.streamed_histograms import GeneratedHistograms, response
 from pipeline.runtime.memory import peak_rss_mb
-
-#: fewest showers per sample in an incident-energy bin for its separation powers
-MIN_BIN_SHOWERS = 20
 
 
 @dataclass
@@ -68,10 +63,9 @@ class EvalOptions:
     seed: int = 0
 
 
-def separations(gen: SampleObservables, ref: SampleObservables, bins: int,
-                gen_rows: np.ndarray | slice = slice(None), ref_rows: np.ndarray | slice = slice(None)) -> dict[str, Separation]:
-    """Separation power of every per-shower observable (for the chosen rows)."""
-    g_obs, r_obs = gen.hlf.observables(gen_rows), ref.hlf.observables(ref_rows)
+def separations(gen: SampleObservables, ref: SampleObservables, bins: int) -> dict[str, Separation]:
+    """Separation power of every per-shower observable (both samples' features in memory)."""
+    g_obs, r_obs = gen.hlf.observables(), ref.hlf.observables()
     return {name: compare(g_obs[name][0], values, scale, bins) for name, (values, scale) in r_obs.items()}
 
 
@@ -82,27 +76,21 @@ def summarise(seps: dict[str, Separation]) -> dict[str, Any]:
     return out
 
 
-def _response(obs: SampleObservables, rows: np.ndarray | slice = slice(None)) -> dict[str, float]:
-    r = (obs.hlf.e_tot / obs.hlf.e_inc)[rows]
-    return {"mean": float(r.mean()), "std": float(r.std())} if r.size else {"mean": math.nan, "std": math.nan}
+def energy_binned(gen: SampleObservables, ref: SampleObservables,
+                  bins: int) -> tuple[list[dict], list[dict | None]]:
+    """Per incident-energy bin: sizes, response and separation powers (None where too few
+    showers), from both samples' features in memory."""
+    hist = GeneratedHistograms(ref, bins)
+    hist.add(gen.hlf)
+    return _with_summaries(*hist.energy_binned())
 
 
-def energy_binned(gen: SampleObservables, ref: SampleObservables, bins: int) -> tuple[list[dict], list[dict | None]]:
-    """Per incident-energy bin: sizes, response and separation summaries (None where too few showers)."""
-    gi, ri = energy_bin_index(gen.hlf.e_inc), energy_bin_index(ref.hlf.e_inc)
-    rows, seps_list = [], []
-    for k, (lo, hi) in enumerate(ENERGY_BINS_MEV):
-        g_rows, r_rows = np.flatnonzero(gi == k), np.flatnonzero(ri == k)
-        entry: dict[str, Any] = {"label": ENERGY_BIN_LABELS[k], "range_mev": [lo, hi], "n_generated": int(g_rows.size),
-                                 "n_reference": int(r_rows.size), "response_generated": _response(gen, g_rows),
-                                 "response_reference": _response(ref, r_rows)}
-        seps = None
-        if min(g_rows.size, r_rows.size) >= MIN_BIN_SHOWERS:
-            seps = separations(gen, ref, bins, g_rows, r_rows)
-            entry["separation_power"] = summarise(seps)
-        rows.append(entry)
-        seps_list.append(seps)
-    return rows, seps_list
+def _with_summaries(rows: list[dict],
+                    seps: list[dict | None]) -> tuple[list[dict], list[dict | None]]:
+    for entry, s in zip(rows, seps):
+        if s is not None:
+            entry["separation_power"] = summarise(s)
+    return rows, seps
 
 
 def profiles(gen: SampleObservables, ref: SampleObservables) -> dict[str, Any]:
@@ -110,7 +98,7 @@ def profiles(gen: SampleObservables, ref: SampleObservables) -> dict[str, Any]:
     out: dict[str, Any] = {"layers": ref.hlf.layers}
     for role, o in (("generated", gen), ("reference", ref)):
         radius, energy = radial_profile(o)
-        out[role] = {"mean_energy_per_layer_mev": o.hlf.e_layer.mean(axis=0).tolist(),
+        out[role] = {"mean_energy_per_layer_mev": o.mean_layer_energy.tolist(),
                      "mean_energy_per_radial_bin_mev": energy.tolist()}
         out["radial_bin_centres_mm"] = radius.tolist()
     return out
@@ -127,23 +115,32 @@ def evaluate_samples(generated: Sample, reference: Sample, opts: EvalOptions, ou
     t0 = time.perf_counter()
     low = "low" in opts.classifiers
     m_low = min(generated.n, reference.n, opts.classifier_max) if low else 0
-    obs = {}
-    for which, (role, sample) in enumerate((("generated", generated), ("reference", reference))):
-        rows = _subsample_rows(sample.n, m_low, opts.seed, which) if low else None
-        obs[role] = compute_observables(sample, low_level_rows=rows, block_rows=opts.block_rows, progress=opts.progress)
-        timing[f"observables_{role}_s"] = obs[role].seconds
-    gen, ref = obs["generated"], obs["reference"]
+    low_rows = [_subsample_rows(s.n, m_low, opts.seed, which) if low else None
+                for which, s in enumerate((generated, reference))]
+    ref = compute_observables(reference, low_level_rows=low_rows[1], block_rows=opts.block_rows,
+                              progress=opts.progress)
+    timing["observables_reference_s"] = ref.seconds
+    # the generated sample is streamed into the reference's binnings; its per-shower features are
+    # kept for as many showers as the reference has (the classifier and FPD/KPD subsample), so
+    # memory does not grow with N
+    hist = GeneratedHistograms(ref, opts.bins)
+    kept = (_subsample_rows(generated.n, reference.n, opts.seed, 2)
+            if generated.n > reference.n else None)
+    gen = compute_observables(generated, low_level_rows=low_rows[0], block_rows=opts.block_rows,
+                              progress=opts.progress, hlf_rows=kept, on_block=hist.add)
+    timing["observables_generated_s"] = gen.seconds
     t = time.perf_counter()
-    seps = separations(gen, ref, opts.bins)
+    seps = hist.separations()
     seps["voxel"] = compare_grouped_counts(gen.voxel_groups, ref.voxel_groups, voxel_log_edges(), opts.bins)
-    binned, binned_seps = energy_binned(gen, ref, opts.bins)
+    binned, binned_seps = _with_summaries(*hist.energy_binned())
     timing["separation_s"] = time.perf_counter() - t
     g = reference.geometry
     report: dict[str, Any] = {
         "geometry": g.name, "threshold_mev": g.threshold_mev,
         "inputs": {"generated": generated.describe(), "reference": reference.describe()},
         "settings": {k: v for k, v in asdict(opts).items() if k != "classifier"} | {"classifier": asdict(opts.classifier)},
-        "response": {"generated": _response(gen), "reference": _response(ref)},
+        "response": {"generated": hist.response.to_dict(), "reference": response(ref.hlf)},
+        "generated_features_kept": gen.hlf.n,
         "separation_power": {"summary": summarise(seps), "observables": {k: v.to_dict(True) for k, v in seps.items()}},
         "profiles": profiles(gen, ref),
         "energy_bins": binned,
