@@ -146,7 +146,8 @@ def generate(args: argparse.Namespace, sets: list[str], log: Path) -> dict[str, 
     cfg = load_config(args.config, sets)
     sample = run_layout.sample_path(cfg)
     if run_layout.sample_manifest(sample).is_file():
-        return {"skipped": "already complete"}
+        return {"skipped": "already complete"} | block_statistics(
+            run_layout.sample_blocks_dir(sample), cfg.generate.n)
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     if args.via == "local":

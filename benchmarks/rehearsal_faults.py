@@ -30,7 +30,7 @@ def full_disk_export(
     run."""
     image, mnt = args.workdir / "full_disk.img", args.workdir / "full_disk"
     mnt.mkdir(exist_ok=True)
-    subprocess.run(["truncate", "-s", f"{args.full_disk_gb}G", str(image)], check=True)
+    subprocess.run(["truncate", "-s", f"{int(args.full_disk_gb * 1024)}M", str(image)], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
     try:
@@ -41,7 +41,7 @@ def full_disk_export(
         first["message"] = [
             line for line in log.read_text().splitlines() if "export: error" in line
         ][-1:]
-        grow = f"{int(args.full_disk_gb + 1.3 * sample_bytes / 2**30) + 1}G"
+        grow = f"{int(1024 * (args.full_disk_gb + 1.3 * sample_bytes / 2**30)) + 1024}M"
         subprocess.run(["truncate", "-s", grow, str(image)], check=True)
         loop = subprocess.run(["findmnt", "-no", "SOURCE", str(mnt)], capture_output=True,
                               text=True, check=True).stdout.strip()
