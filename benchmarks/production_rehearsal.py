@@ -20,8 +20,8 @@ Faults (each ends with the same command re-run, then the same checks): ``--kill-
 kills one generation rank (``--via local``, a seeded random rank) with SIGKILL S seconds in and
 starts it again; ``--compare-with OTHER.zarr`` then compares every shard file of the sample with an
 uninterrupted run's, byte for byte. ``--kill-export-after S`` kills the export S seconds in.
-``--full-disk-gb G`` exports onto a G GB ext4 filesystem (a loop-mounted file in the workdir, root
-only) that cannot hold the files, records the error, grows the filesystem and re-runs the export.
+``--full-disk-gb G`` exports onto an ext4 filesystem with G GB free (a loop-mounted file in the
+workdir filled by a ballast file; root only), records the error, frees the space and re-runs it.
 """
 
 from __future__ import annotations
@@ -229,20 +229,34 @@ def disk_bytes(*paths: Path) -> int:
     )
 
 
-def rehearse(args: argparse.Namespace) -> dict[str, Any]:
+class SavedResults(dict):
+    """One run's results, merged into the ``--results`` file under ``key`` whenever an entry is set
+    (a run that fails half-way keeps what it measured)."""
+
+    def __init__(self, path: Path | None, key: str) -> None:
+        super().__init__()
+        self.path, self.key = path, key
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        super().__setitem__(name, value)
+        self.save()
+
+    def save(self) -> None:
+        if self.path is not None:
+            old = json.loads(self.path.read_text()) if self.path.exists() else {}
+            old[self.key] = dict(self)
+            self.path.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
+
+
+def rehearse(args: argparse.Namespace) -> SavedResults:
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = args.workdir / f"rehearsal_{args.n}{args.tag}.log"
     sets = overrides(args)
     cfg = load_config(args.config, sets)
     common = ["--config", str(args.config), *set_args(sets)]
-    res: dict[str, Any] = {
-        "n": args.n,
-        "via": args.via,
-        "ranks": args.ranks,
-        "config": str(args.config),
-        "overrides": sets,
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    res = SavedResults(args.results, f"{args.n}{args.tag}_{args.via}")
+    res.update(n=args.n, via=args.via, ranks=args.ranks, config=str(args.config), overrides=sets,
+               date=time.strftime("%Y-%m-%d"))
     if not run_layout.sample_manifest(run_layout.sample_path(cfg)).is_file():
         if (
             not Path(cfg.data.store, "zarr.json").is_file()
@@ -338,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "--kill-export-after", type=float, help="SIGKILL the first export after S seconds"
     )
     p.add_argument(
-        "--full-disk-gb", type=float, help="also export onto a filesystem of G GB, then grow it"
+        "--full-disk-gb", type=float, help="also export onto a filesystem with G GB free"
     )
     p.add_argument("--no-evaluate", action="store_true")
     p.add_argument("--timeout-minutes", type=float, default=600)
@@ -351,11 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.workdir = args.workdir.resolve()
     res = rehearse(args)
+    res.save()
     print(json.dumps(res, indent=1))
-    if args.results:
-        old = json.loads(args.results.read_text()) if args.results.exists() else {}
-        old[f"{args.n}{args.tag}_{args.via}"] = res
-        args.results.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
     return 0
 
 
