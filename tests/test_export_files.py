@@ -191,3 +191,12 @@ def test_verify_errors_name_the_path(tmp_path, capsys):
     bad.write_text("{}")
     assert inspect_main([str(bad), "--verify"]) == 2
     assert f"{bad}: not an export index" in capsys.readouterr().err
+
+
+def test_verify_finds_nan_and_negative_showers(sample):
+    store = ShowerStore(sample, writable=True)
+    rows = store.showers[70:72]
+    rows[0, 3, 2, 1], rows[1, 0, 0, 0] = np.nan, -1.0
+    store.showers[70:72] = rows
+    report = verify_sample(sample)
+    assert report["first_problems"] == ["block 1: 2 showers with NaN, inf or negative energies"]
