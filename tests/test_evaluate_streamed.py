@@ -62,3 +62,15 @@ def test_a_larger_generated_sample_keeps_as_many_features_as_the_reference():
     assert sum(b["n_generated"] for b in report["energy_bins"]) == 1000
     small = evaluate_samples(_sample(g, 250, 2, "generated"), ref, opts)
     assert small["generated_features_kept"] == 250
+
+
+def test_voxel_spectrum_groups_are_bounded_whatever_the_size(monkeypatch):
+    from pipeline.evaluation import observables
+
+    g = load_geometry("ds2")
+    sample = _sample(g, 640, 3, "generated")
+    small = compute_observables(sample)
+    monkeypatch.setattr(observables, "MAX_VOXEL_GROUPS", 4)
+    bounded = compute_observables(sample)
+    assert len(small.voxel_groups) == 20 and len(bounded.voxel_groups) == 4  # groups of 32, then 160
+    assert np.array_equal(small.voxel_counts, bounded.voxel_counts)

@@ -37,6 +37,8 @@ VOXEL_LOG_MIN, VOXEL_LOG_MAX, VOXEL_PER_DECADE = -4.0, 7.0, 100
 VOXEL_BINS = int(round((VOXEL_LOG_MAX - VOXEL_LOG_MIN) * VOXEL_PER_DECADE))
 #: showers per group of the voxel spectrum's counts (the groups give its statistical noise floor)
 VOXEL_GROUP = 32
+#: at most this many groups: larger samples get larger groups, so the counts take ~18 MB whatever N
+MAX_VOXEL_GROUPS = 4096
 #: the layer-wise feature families and their scale for histograms
 FAMILIES: dict[str, str] = {
     "e_layer": "log", "ec_x": "linear", "ec_y": "linear", "width_x": "linear", "width_y": "linear", "sparsity": "linear",
@@ -185,7 +187,7 @@ class SampleObservables:
     name: str
     geometry: Geometry
     hlf: HighLevelFeatures
-    voxel_groups: np.ndarray  # (groups of VOXEL_GROUP showers, VOXEL_BINS) voxel-spectrum counts
+    voxel_groups: np.ndarray  # (groups of >= VOXEL_GROUP showers, VOXEL_BINS) voxel-spectrum counts
     shower_sum: np.ndarray  # (V,) float64
     shower_sum_ebins: np.ndarray  # (len(ENERGY_BINS_MEV), V)
     n_ebins: np.ndarray
@@ -259,6 +261,7 @@ def compute_observables(
     keep = None if low_level_rows is None else np.unique(np.asarray(low_level_rows, dtype=np.int64))
     keep_hlf = None if hlf_rows is None else np.unique(np.asarray(hlf_rows, dtype=np.int64))
     e_layer_sum, n_showers = 0.0, 0
+    group = max(VOXEL_GROUP, -(-sample.n // MAX_VOXEL_GROUPS))
     parts, sparse_parts, groups = [], [], []
     total = np.zeros(g.n_voxels)
     total_e = np.zeros((len(ENERGY_BINS_MEV), g.n_voxels))
@@ -274,7 +277,7 @@ def compute_observables(
         if keep_hlf is not None:
             hlf = hlf.take(_local_rows(keep_hlf, block.start, len(e)))
         parts.append(hlf)
-        groups.append(voxel_spectrum(s))
+        groups.append(voxel_spectrum(s, group))
         total += s.sum(axis=0, dtype=np.float64)
         ebin = energy_bin_index(e)
         for k in range(len(ENERGY_BINS_MEV)):
