@@ -19,7 +19,7 @@ def test_production_path_at_ci_size(tmp_path):
     sets = ["data.standin.n=1500", "evaluate.reference_standin.n=1200", "train.max_steps=6",
             "train.checkpoint_every_steps=3", "generate.block_size=1024",
             "generate.export_rows_per_file=1000", "evaluate.classifier_epochs=2",
-            "evaluate.extra_args=[--classifier-max,1000,--threads,1]"]
+            "evaluate.extra_args=[--classifier-max,'1000',--threads,'1']"]
     cmd = [sys.executable, str(REPO / "benchmarks/production_rehearsal.py"),
            "--workdir", str(tmp_path / "w"), "--n", "3000", "--via", "local",
            "--network-showers", "128", "--results", str(results),
