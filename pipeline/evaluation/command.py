@@ -7,16 +7,19 @@ Either sample may be a CaloChallenge HDF5 file or a zarr store of the same geome
 ``DIR/report.md`` (summary tables beside the published results), PNG plots and, last and
 atomically, ``DIR/report.json`` (every number; the stage's completion marker).
 
-With ``--config``: the generated sample is the export (``generate.export``) when it exists, else the
-zarr sample (``generate.out``); the reference is ``evaluate.reference`` (a stand-in reference,
+With ``--config``: the generated sample is the export (``generate.export``) when it is one file that
+exists, else the zarr sample (``generate.out``); the reference is ``evaluate.reference`` (a stand-in reference,
 ``evaluate.reference_standin``, is simulated by the convert stage or the demo, not here); DIR is ``evaluate.out``; the geometry is
 ``data.geometry``; ``evaluate.classifiers``, ``evaluate.classifier_protocol`` (calochallenge or
 quick), ``evaluate.classifier_epochs`` and ``evaluate.extra_args`` set the options. Options given on the command line override the config. A
 finished evaluation (``report.json`` present) is skipped unless ``--overwrite``.
 
-Memory: the samples are streamed in blocks; the per-shower high-level features (~2.2 kB per
-shower) and the low-level classifier's sparse subsample (``--classifier-max`` showers per sample,
-~6 bytes per non-zero voxel) stay in memory.
+Memory: the samples are streamed in blocks, the generated one into histograms binned by the
+reference (separation powers, responses and profiles use every generated shower). The per-shower
+high-level features (~2.2 kB per shower) of the reference and of as many generated showers (a random
+subsample when the generated sample is larger: the high-level classifier and FPD/KPD use no more)
+and the low-level classifier's sparse subsample (``--classifier-max`` showers per sample, ~6 bytes
+per non-zero voxel) stay in memory, so memory does not grow with the generated sample's size.
 """
 
 from __future__ import annotations
