@@ -200,3 +200,14 @@ def test_verify_finds_nan_and_negative_showers(sample):
     store.showers[70:72] = rows
     report = verify_sample(sample)
     assert report["first_problems"] == ["block 1: 2 showers with NaN, inf or negative energies"]
+
+
+def test_verify_one_exported_part(sample, tmp_path):
+    from data_tools.export import export
+
+    out = export(sample, tmp_path / "part.hdf5", start=64, stop=200, progress=False)
+    report = verify_export(out)
+    assert report["ok"] and report["n"] == 136 and report["compared_with"] == str(sample)
+    with h5py.File(out, "r+") as f:
+        f["incident_energies"][3, 0] *= 2
+    assert verify_export(out)["first_problems"] == [f"{out}: rows 64-200 differ from the sample's"]
