@@ -8,10 +8,11 @@ Either sample may be a CaloChallenge HDF5 file or a zarr store of the same geome
 atomically, ``DIR/report.json`` (every number; the stage's completion marker).
 
 With ``--config``: the generated sample is the export (``generate.export``) when it is one file that
-exists, else the zarr sample (``generate.out``); the reference is ``evaluate.reference`` (a stand-in reference,
-``evaluate.reference_standin``, is simulated by the convert stage or the demo, not here); DIR is ``evaluate.out``; the geometry is
-``data.geometry``; ``evaluate.classifiers``, ``evaluate.classifier_protocol`` (calochallenge or
-quick), ``evaluate.classifier_epochs`` and ``evaluate.extra_args`` set the options. Options given on the command line override the config. A
+exists, else the zarr sample (``generate.out``); the reference is ``evaluate.reference`` (a stand-in
+reference, ``evaluate.reference_standin``, is simulated by the convert stage or the demo, not here);
+DIR is ``evaluate.out``; the geometry is ``data.geometry``; ``evaluate.classifiers``,
+``evaluate.classifier_protocol`` (calochallenge or quick), ``evaluate.classifier_epochs`` and
+``evaluate.extra_args`` set the options. Options given on the command line override the config. A
 finished evaluation (``report.json`` present) is skipped unless ``--overwrite``.
 
 Memory: the samples are streamed in blocks, the generated one into histograms binned by the
