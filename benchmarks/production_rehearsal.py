@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from generate_pipeline import network_only_seconds  # noqa: E402
 from rehearsal_faults import full_disk_export, shard_digests  # noqa: E402
 
+from data_tools.inspect import disk_bytes  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import run_layout  # noqa: E402
 from pipeline.physics.geometry import load_geometry  # noqa: E402
@@ -219,16 +220,6 @@ def block_statistics(blocks_dir: Path, n: int) -> dict[str, Any]:
     }
 
 
-def disk_bytes(*paths: Path) -> int:
-    return sum(
-        f.stat().st_size
-        for p in paths
-        if p.exists()
-        for f in ([p] if p.is_file() else p.rglob("*"))
-        if f.is_file()
-    )
-
-
 class SavedResults(dict):
     """One run's results, merged into the ``--results`` file under ``key`` whenever an entry is set
     (a run that fails half-way keeps what it measured)."""
@@ -275,7 +266,7 @@ def rehearse(args: argparse.Namespace) -> SavedResults:
             "identical": mine == other,
         }
     res["disk"] = {
-        "sample_bytes": disk_bytes(sample, run_layout.sample_blocks_dir(sample)),
+        "sample_bytes": disk_bytes(sample) + disk_bytes(run_layout.sample_blocks_dir(sample)),
         "float32_bytes": args.n * load_geometry(cfg.data.geometry).n_voxels * 4,
     }
     os.environ["OMP_NUM_THREADS"] = "1"

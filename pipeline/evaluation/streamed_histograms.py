@@ -82,11 +82,12 @@ class GeneratedHistograms:
     def add(self, hlf: HighLevelFeatures) -> None:
         """Count one block of generated showers."""
         _count(self.counts, self.binnings, hlf.observables())
-        self.response.add(hlf.e_tot / hlf.e_inc)
+        ratio = hlf.e_tot / hlf.e_inc
+        self.response.add(ratio)
         which = energy_bin_index(hlf.e_inc)
         for k, (binnings, counts) in enumerate(zip(self.bin_binnings, self.bin_counts)):
             rows = np.flatnonzero(which == k)
-            self.bin_response[k].add((hlf.e_tot / hlf.e_inc)[rows])
+            self.bin_response[k].add(ratio[rows])
             if binnings is not None and counts is not None and rows.size:
                 _count(counts, binnings, hlf.observables(rows))
 
