@@ -155,12 +155,12 @@ def _with_auc_spread(out: dict[str, Any], results: list[dict[str, Any]]) -> dict
 def whole_model_fidelity(args: argparse.Namespace, cfg: Config, env: dict[str, str], stage: int,
                          work: Path, steps: int | None = None) -> dict[str, Any]:
     """Stage ``stage`` (sampled with ``steps``, default its own) generates one shower per reference
-    energy with :data:`GENERATION_SEEDS` generation seeds; each sample is evaluated by
-    ``pipeline.evaluate``. AUCs: mean +- std over every (generation seed, classifier seed); the
+    energy with ``--generation-seeds`` generation seeds (default :data:`GENERATION_SEEDS`); each
+    sample is evaluated by ``pipeline.evaluate``. AUCs: mean +- std over every (generation seed, classifier seed); the
     rest: mean over the samples, each under ``by_generation_seed``."""
     name = ("teacher" if stage == 0 else f"stage_{stage}") + (f"_{steps}_steps" if steps else "")
     results, ms = [], []
-    for k in range(GENERATION_SEEDS):
+    for k in range(args.generation_seeds):
         seed = cfg.generate.seed + k
         sample = work / f"{name}_seed{seed}.zarr"
         if not run_layout.sample_manifest(sample).exists():
@@ -400,6 +400,10 @@ def main() -> None:
     p.add_argument("--undistilled", action="store_true",
                    help="also evaluate the teacher sampled with the last stage's steps "
                         "(generate.sample_steps)")
+    p.add_argument("--generation-seeds", type=int, default=GENERATION_SEEDS,
+                   help="independent generated samples per stage (whole model)")
+    p.add_argument("--no-null", action="store_true",
+                   help="skip the null (reference against an independent sample)")
     p.add_argument("--plot", type=Path)
     p.add_argument("--out", default="fidelity.json",
                    help="result file in run.dir (default fidelity.json)")
@@ -446,7 +450,8 @@ def main() -> None:
     result = {"config": args.config, "overrides": args.set, "mode": mode, "threads": args.threads,
               "train_minutes": args.train_minutes, "distill_minutes": args.distill_minutes,
               "curve": monitor_rows(train_dir), "stages": stages,
-              "null": layer_null(cfg) if mode == "layers" else whole_null(args, cfg, env, work),
+              "null": None if args.no_null else layer_null(cfg) if mode == "layers"
+              else whole_null(args, cfg, env, work),
               "seconds": time.perf_counter() - t0}
     (train_dir / args.out).write_text(json.dumps(result, indent=1))
     print_tables(result)

@@ -130,6 +130,26 @@ class ModelConfig:
                               f"radius], got {self.patch}")
 
 
+@dataclass(frozen=True)
+class VoxelTrainingConfig:
+    """Which noise levels the voxel network trains on and how each is weighted
+    (:mod:`pipeline.diffusion.training_noise`); the layer network and the samplers are unchanged."""
+
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"  # t ~ U(0,1) or sigmoid(N(m, s))
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    logsnr_shift: float = 0.0  # added to each drawn time's log-SNR (< 0: noisier)
+    weighting: Literal["v", "min_snr", "sigmoid"] = "v"  # weight of the x error at each log-SNR
+    min_snr_gamma: float = 5.0  # min_snr: x-MSE weight min(SNR, gamma)
+    sigmoid_bias: float = 0.0  # sigmoid: eps-MSE weight sigmoid(bias - log SNR)
+
+    def check(self, path: str) -> None:
+        if self.logit_std <= 0:
+            raise ConfigError(f"{path}.logit_std: must be > 0, got {self.logit_std}")
+        if self.min_snr_gamma <= 0:
+            raise ConfigError(f"{path}.min_snr_gamma: must be > 0, got {self.min_snr_gamma}")
+
+
 @dataclass
 class DiffusionConfig:
     """Continuous-time diffusion with a clipped cosine log-SNR schedule (what the networks
@@ -138,6 +158,7 @@ class DiffusionConfig:
     logsnr_min: float = -20.0  # log-SNR at t = 1
     logsnr_max: float = 20.0  # log-SNR at t = 0
     prediction: Literal["v", "x"] = "v"  # what the networks output; the loss stays in v-space
+    voxel_training: VoxelTrainingConfig = field(default_factory=VoxelTrainingConfig)
 
     def check(self, path: str) -> None:
         if not self.logsnr_min < self.logsnr_max:

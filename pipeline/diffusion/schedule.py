@@ -10,7 +10,8 @@ The networks predict ``v = alpha eps - sigma x`` (Salimans & Ho), from which
 
 Loss weighting: plain MSE on v. Since ``v - v_hat = -(x - x_hat) / sigma = (eps - eps_hat) / alpha``,
 it equals the x-MSE weighted by ``1 / sigma^2 = SNR + 1`` ("SNR+1" weighting of Salimans & Ho), i.e. the
-eps-MSE weighted by ``1 + 1 / SNR``; t is drawn uniformly from [0, 1].
+eps-MSE weighted by ``1 + 1 / SNR``; t is drawn uniformly from [0, 1] (the voxel network's
+alternatives: :mod:`pipeline.diffusion.training_objective`).
 
 x-prediction (``diffusion.prediction: x``): the networks output ``x_hat`` instead; samplers see
 ``v = (alpha z - x_hat) / sigma`` (:func:`as_v`, exact). The loss stays the v-MSE, i.e. the x-MSE over
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -61,6 +62,12 @@ class CosineSchedule:
     def logsnr(self, t: Tensor) -> Tensor:
         """log(alpha^2 / sigma^2) at times t (float64)."""
         return -2.0 * torch.log(torch.tan(self.theta(t)))
+
+    def time_of(self, logsnr: Tensor) -> Tensor:
+        """The time (float64, in [0, 1]) at which the schedule has ``logsnr`` (clamped to its range)."""
+        lam = torch.as_tensor(logsnr, dtype=torch.float64).clamp(self.logsnr_min, self.logsnr_max)
+        lo, hi = self.theta_range
+        return ((torch.atan(torch.exp(-0.5 * lam)) - lo) / (hi - lo)).clamp(0.0, 1.0)
 
     def alpha_sigma(self, t: Tensor, like: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(alpha_t, sigma_t); with ``like`` given, in its dtype and shaped to broadcast against it."""
@@ -122,31 +129,3 @@ def v_loss(model_fn: ModelFn, schedule: CosineSchedule, x: Tensor, t: Tensor, no
     """Per-item v-MSE ``mean((v_hat - v)^2)`` over all but the batch dimension -> (B,) (see the module doc for x)."""
     z, v = diffuse(schedule, x, t, noise)
     return prediction_loss(model_fn(z, t), z, v, t, schedule, prediction)
-
-
-def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..., Tensor], layers: Tensor,
-                    voxels: Tensor | None, cond: Tensor, schedule: CosineSchedule,
-                    generator: torch.Generator | None = None, prediction: Prediction = "v",
-                    networks: Sequence[str] = NETWORKS) -> dict[str, Tensor]:
-    """v-losses of the ``networks`` (``layers``, ``voxels``) on one preprocessed batch (see
-    :class:`pipeline.physics.preprocessing.Preprocessed`).
-
-    Each network gets its own uniform times and Gaussian noise (from ``generator`` when given, which
-    must live on the batch's device). The voxel network is conditioned on the true layer energies.
-    Returns ``{"loss": layer + voxel, "layer": ..., "voxel": ...}`` (batch means; 0 for a network not trained,
-    whose model is then not called: ``voxels`` may be None when only the layers are trained).
-    """
-    b, dev = layers.shape[0], layers.device
-    train_layers, train_voxels = "layers" in networks, "voxels" in networks
-    assert voxels is not None or not train_voxels, "training the voxel network needs the voxels"
-    t_layer = torch.rand(b, device=dev, generator=generator) if train_layers else None  # draw order as with both
-    t_voxel = torch.rand(b, device=dev, generator=generator) if train_voxels else None
-    layer = voxel = torch.zeros((), device=dev)
-    if t_layer is not None:
-        n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
-        layer = v_loss(lambda z, t: layer_model(z, t, cond), schedule, layers, t_layer, n_layer, prediction).mean()
-    if t_voxel is not None and voxels is not None:
-        n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
-        voxel = v_loss(lambda z, t: voxel_model(z, t, cond, layers), schedule, voxels, t_voxel, n_voxel,
-                       prediction).mean()
-    return {"loss": layer + voxel, "layer": layer, "voxel": voxel}

@@ -19,8 +19,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from pipeline.config.schema import VoxelTrainingConfig
 from pipeline.diffusion import CosineSchedule, Prediction, distillation_losses, training_losses
 from pipeline.diffusion.schedule import NETWORKS
+from pipeline.diffusion.training_objective import DEFAULT_VOXEL_TRAINING
 from pipeline.models import LayerEnergyNet, VoxelNet
 from pipeline.models.ema_weights import current_key
 
@@ -40,10 +42,12 @@ class DiffusionLoss(nn.Module):
     networks."""
 
     def __init__(self, layer_net: LayerEnergyNet, voxel_net: VoxelNet, schedule: CosineSchedule,
-                 prediction: Prediction = "v", networks: Sequence[str] = NETWORKS) -> None:
+                 prediction: Prediction = "v", networks: Sequence[str] = NETWORKS,
+                 voxel_training: VoxelTrainingConfig = DEFAULT_VOXEL_TRAINING) -> None:
         super().__init__()
         self.layer_net, self.voxel_net, self.schedule = layer_net, voxel_net, schedule
         self.prediction = prediction  # what both networks output (diffusion.prediction)
+        self.voxel_training = voxel_training  # the voxel network's noise levels and loss weights
         self.networks = tuple(networks)  # trained here (train.networks); the others are frozen
         self.layer_net.requires_grad_("layers" in self.networks)
         self.voxel_net.requires_grad_("voxels" in self.networks)
@@ -52,7 +56,7 @@ class DiffusionLoss(nn.Module):
     def forward(self, layers: Tensor, voxels: Tensor | None, cond: Tensor,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         return training_losses(self.layer_net, self.voxel_net, layers, voxels, cond, self.schedule,
-                               generator, self.prediction, self.networks)
+                               generator, self.prediction, self.networks, self.voxel_training)
 
 
 class FrozenTeacher:

@@ -76,7 +76,7 @@ class Trainer:
         schedule = CosineSchedule.from_config(cfg.diffusion)
         self.networks = tuple(self.t.networks)
         model = DiffusionLoss(layer_net, voxel_net, schedule, cfg.diffusion.prediction,
-                              self.networks).to(self.device)
+                              self.networks, cfg.diffusion.voxel_training).to(self.device)
         if teacher is not None:
             model = student_of(teacher, model, self.device,
                                f"model.preset {cfg.model.preset!r} on {cfg.data.geometry}")
