@@ -156,8 +156,8 @@ def whole_model_fidelity(args: argparse.Namespace, cfg: Config, env: dict[str, s
                          work: Path, steps: int | None = None) -> dict[str, Any]:
     """Stage ``stage`` (sampled with ``steps``, default its own) generates one shower per reference
     energy with ``--generation-seeds`` generation seeds (default :data:`GENERATION_SEEDS`); each
-    sample is evaluated by ``pipeline.evaluate``. AUCs: mean +- std over every (generation seed, classifier seed); the
-    rest: mean over the samples, each under ``by_generation_seed``."""
+    sample is evaluated by ``pipeline.evaluate``. AUCs: mean +- std over every (generation seed,
+    classifier seed); the rest: mean over the samples, each under ``by_generation_seed``."""
     name = ("teacher" if stage == 0 else f"stage_{stage}") + (f"_{steps}_steps" if steps else "")
     results, ms = [], []
     for k in range(args.generation_seeds):

@@ -8,10 +8,10 @@
 Every entry is ``configs/fidelity_ds2_cpu.yaml`` (docs/fidelity.md's whole-model recipe: tiny patch
 transformer, x-prediction, the v-loss, uniform training times) plus the config switches of
 :data:`ENTRIES`. Each (entry, seed) is one ``benchmarks/fidelity.py`` run in
-``WORK/<entry>/seed<S>``: ``run.seed = S``, ``train.max_steps = --steps`` (the same network and the
-same optimiser steps: equal FLOPs; the cosine learning-rate schedule ends at the budget), the fidelity
-monitor every ``--steps / 4`` steps (the learning curve, quick classifier on 2048 validation
-showers), then the teacher sampled with 8 undistilled DDIM steps generates one shower per incident
+``WORK/<entry>/seed<S>``: ``run.seed = S``, ``train.max_steps = --steps`` (the same network and
+the same optimiser steps: equal FLOPs; the cosine learning-rate schedule ends at the budget), the
+fidelity monitor every ``--steps / 4`` steps (the learning curve, quick classifier on 2048
+validation showers), then the teacher sampled with 8 undistilled DDIM steps generates one shower per incident
 energy of the 10k reference (generation seed 7 + S) and ``pipeline.evaluate`` compares them at the
 CaloChallenge protocol (3 classifier seeds). An entry's AUC is the mean +- std over its training
 seeds x classifier seeds, so the spread holds the training, the sampling and the classifier noise.
@@ -79,7 +79,7 @@ def race_one(work: Path, entry: str, seed: int, steps: int, threads: int) -> Non
 
 
 def gather(work: Path) -> dict[str, Any]:
-    """Every finished run of ``work``: per entry, the mean and spread of each metric, and the curves."""
+    """Every finished run of ``work``: per entry, each metric's mean and spread, and the curves."""
     out: dict[str, Any] = {}
     for entry in ENTRIES:
         runs = sorted(work.glob(f"{entry}/seed*/{RESULT}"))
@@ -141,7 +141,8 @@ def plot(rows: dict[str, Any], path: Path) -> None:
     for i, (name, r) in enumerate(rows.items()):
         for j, curve in enumerate(r["curves"]):
             for ax, key in zip(axes, keys):
-                pts = [(int(c["step"]), float(c[key])) for c in curve if c.get(key) not in (None, "")]
+                pts = [(int(c["step"]), float(c[key])) for c in curve
+                       if c.get(key) not in (None, "")]
                 if pts:
                     ax.plot(*zip(*pts), "o-", ms=3, color=f"C{i}", alpha=0.8,
                             label=name if j == 0 else None)

@@ -55,7 +55,7 @@ def test_a_logsnr_shift_moves_every_time_by_the_shift(shift):
     plain = voxel_times(VoxelTrainingConfig(), SCHEDULE, 5000, CPU, gen())
     shifted = voxel_times(VoxelTrainingConfig(logsnr_shift=shift), SCHEDULE, 5000, CPU, gen())
     lam, lam_shifted = SCHEDULE.logsnr(plain), SCHEDULE.logsnr(shifted)
-    inside = (lam + shift).abs() < 15  # away from the clipping at +-20 (and float32 times' steep ends)
+    inside = (lam + shift).abs() < 15  # away from the clipping at +-20 and float32's steep ends
     assert inside.float().mean() > 0.9
     torch.testing.assert_close(lam_shifted[inside], lam[inside] + shift, atol=1e-3, rtol=0)
     assert shifted.dtype == torch.float32 and 0 <= shifted.min() and shifted.max() <= 1
@@ -97,7 +97,8 @@ def test_sigmoid_weights_the_eps_error_by_sigmoid_of_bias_minus_logsnr(predictio
 def test_the_switches_are_config_keys_with_clear_errors(tmp_path):
     cfg = load_config("configs/smoke.yaml", ["diffusion.voxel_training.weighting=min_snr",
                                              "diffusion.voxel_training.logsnr_shift=-2"])
-    assert cfg.diffusion.voxel_training == VoxelTrainingConfig(weighting="min_snr", logsnr_shift=-2.0)
+    expected = VoxelTrainingConfig(weighting="min_snr", logsnr_shift=-2.0)
+    assert cfg.diffusion.voxel_training == expected
     with pytest.raises(ConfigError, match="diffusion.voxel_training.weighting"):
         load_config("configs/smoke.yaml", ["diffusion.voxel_training.weighting=snr"])
     with pytest.raises(ConfigError, match="diffusion.voxel_training.logit_std"):
@@ -116,11 +117,12 @@ def store(tmp_path_factory):
     VoxelTrainingConfig(weighting="sigmoid", sigmoid_bias=-2.0),
 ], ids=["logit_normal", "shift", "min_snr", "sigmoid"])
 def test_each_switch_trains_the_voxel_network(store, cfg):
-    """Thirty Adam steps of the tiny transformer (x-prediction) with the switch lower its voxel loss,
-    measured on a fixed batch with the same switch."""
+    """Thirty Adam steps of the tiny transformer (x-prediction) with the switch lower its voxel
+    loss, measured on a fixed batch with the same switch."""
     torch.manual_seed(0)
     pre = Preprocessor.from_store(store)
-    layer_net, voxel_net = build_models(ModelConfig(preset="tiny", backbone="transformer"), store.geometry)
+    model = ModelConfig(preset="tiny", backbone="transformer")
+    layer_net, voxel_net = build_models(model, store.geometry)
     opt = torch.optim.Adam(voxel_net.parameters(), lr=3e-3)
     stream = ShowerStream(store, 8, seed=0, num_workers=1, shuffle_chunks=4)
     fixed = None

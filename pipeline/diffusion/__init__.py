@@ -1,5 +1,5 @@
-"""Continuous-time v-prediction diffusion: schedule and loss (:mod:`.schedule`), what training minimises
-(:mod:`.training_objective`), DDIM sampling and the
+"""Continuous-time v-prediction diffusion: schedule and loss (:mod:`.schedule`), what training
+minimises (:mod:`.training_objective`), DDIM sampling and the
 distillation target (:mod:`.ddim`), distillation losses (:mod:`.distillation`), per-shower noise
 (:mod:`.noise`), and the two-network shower synthesis (:mod:`.synthesis`: layer energies, then voxels,
 then the inverse preprocessing).
@@ -31,8 +31,8 @@ from pipeline.diffusion.schedule import (
 from pipeline.diffusion.synthesis import NetworkSampling, synthesize, synthesize_layers
 from pipeline.diffusion.training_objective import loss_factor, training_losses, voxel_times
 
-__all__ = ["NETWORKS", "CosineSchedule", "NetworkSampling", "ModelFn", "NoiseSource", "Prediction", "as_v",
-           "counter_normals", "ddim_step", "diffuse", "distillation_losses", "distillation_target", "loss_factor",
-           "predict_x_eps", "prediction_loss", "sample", "shower_seed", "stream_keys", "student_times",
-           "synthesize", "synthesize_layers", "time_grid", "training_losses", "uniform_from_seeds", "v_loss",
-           "voxel_times"]
+__all__ = ["NETWORKS", "CosineSchedule", "NetworkSampling", "ModelFn", "NoiseSource", "Prediction",
+           "as_v", "counter_normals", "ddim_step", "diffuse", "distillation_losses",
+           "distillation_target", "loss_factor", "predict_x_eps", "prediction_loss", "sample",
+           "shower_seed", "stream_keys", "student_times", "synthesize", "synthesize_layers",
+           "time_grid", "training_losses", "uniform_from_seeds", "v_loss", "voxel_times"]

@@ -70,30 +70,35 @@ def loss_factor(cfg: VoxelTrainingConfig, schedule: CosineSchedule, t: Tensor,
     return (x_weight * sigma**2).to(torch.float32)  # for v: the v error is the x error / sigma^2
 
 
-def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..., Tensor], layers: Tensor,
+def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..., Tensor],
+                    layers: Tensor,
                     voxels: Tensor | None, cond: Tensor, schedule: CosineSchedule,
                     generator: torch.Generator | None = None, prediction: Prediction = "v",
                     networks: Sequence[str] = NETWORKS,
-                    voxel_training: VoxelTrainingConfig = DEFAULT_VOXEL_TRAINING) -> dict[str, Tensor]:
+                    voxel_training: VoxelTrainingConfig = DEFAULT_VOXEL_TRAINING,
+                    ) -> dict[str, Tensor]:
     """v-losses of the ``networks`` (``layers``, ``voxels``) on one preprocessed batch (see
     :class:`pipeline.physics.preprocessing.Preprocessed`).
 
     Each network gets its own times and Gaussian noise (from ``generator`` when given, which must
     live on the batch's device): uniform for the layer network, ``voxel_training``'s for the voxel
-    network, whose per-item loss is also reweighted by it. The voxel network is conditioned on the true layer energies.
-    Returns ``{"loss": layer + voxel, "layer": ..., "voxel": ...}`` (batch means; 0 for a network not trained,
-    whose model is then not called: ``voxels`` may be None when only the layers are trained).
+    network, whose per-item loss is also reweighted by it. The voxel network is conditioned on the
+    true layer energies. Returns ``{"loss": layer + voxel, "layer": ..., "voxel": ...}`` (batch
+    means; 0 for a network not trained, whose model is then not called: ``voxels`` may be None
+    when only the layers are trained).
     """
     b, dev = layers.shape[0], layers.device
     train_layers, train_voxels = "layers" in networks, "voxels" in networks
     assert voxels is not None or not train_voxels, "training the voxel network needs the voxels"
-    t_layer = torch.rand(b, device=dev, generator=generator) if train_layers else None  # draw order as with both
+    # the draw order as with both networks
+    t_layer = torch.rand(b, device=dev, generator=generator) if train_layers else None
     t_voxel = (voxel_times(voxel_training, schedule, b, dev, generator) if train_voxels
                else None)
     layer = voxel = torch.zeros((), device=dev)
     if t_layer is not None:
         n_layer = torch.randn(layers.shape, device=dev, dtype=layers.dtype, generator=generator)
-        layer = v_loss(lambda z, t: layer_model(z, t, cond), schedule, layers, t_layer, n_layer, prediction).mean()
+        layer = v_loss(lambda z, t: layer_model(z, t, cond), schedule, layers, t_layer, n_layer,
+                       prediction).mean()
     if t_voxel is not None and voxels is not None:
         n_voxel = torch.randn(voxels.shape, device=dev, dtype=voxels.dtype, generator=generator)
         per_item = v_loss(lambda z, t: voxel_model(z, t, cond, layers), schedule, voxels, t_voxel,
