@@ -8,16 +8,16 @@
 Every entry is ``configs/fidelity_ds2_cpu.yaml`` (docs/fidelity.md's whole-model recipe: tiny patch
 transformer, x-prediction, the v-loss, uniform training times) plus the config switches of
 :data:`ENTRIES`. Each (entry, seed) is one ``benchmarks/fidelity.py`` run in
-``WORK/<entry>/seed<S>``: ``run.seed = S``, ``train.max_steps = --steps`` (the same network and
-the same optimiser steps: equal FLOPs; the cosine learning-rate schedule ends at the budget), the
+``WORK/<entry>/seed<S>``: ``run.seed = S``, ``train.max_steps = --steps`` (the same network and the
+same optimiser steps: equal FLOPs; the cosine learning-rate schedule ends at the budget), the
 fidelity monitor every ``--steps / 4`` steps (the learning curve, quick classifier on 2048
-validation showers), then the teacher sampled with 8 undistilled DDIM steps generates one shower per incident
-energy of the 10k reference (generation seed 7 + S) and ``pipeline.evaluate`` compares them at the
-CaloChallenge protocol (3 classifier seeds). An entry's AUC is the mean +- std over its training
-seeds x classifier seeds, so the spread holds the training, the sampling and the classifier noise.
-The null of this reference and protocol is in docs/fidelity.md (0.502 +- 0.009 low, 0.486 +- 0.008
-high). Several processes may race different entries at once (one thread each): each run writes
-only its own directory, and ``--tables-only`` gathers them.
+validation showers), then the teacher sampled with 8 undistilled DDIM steps generates one shower
+per incident energy of the 10k reference (generation seed 7 + S) and ``pipeline.evaluate`` compares
+them at the CaloChallenge protocol (3 classifier seeds). An entry's AUC is the mean +- std over its
+training seeds x classifier seeds, so the spread holds the training, the sampling and the
+classifier noise. The null of this reference and protocol is in docs/fidelity.md (0.502 +- 0.009
+low, 0.486 +- 0.008 high). Several processes may race different entries at once (one thread each):
+each run writes only its own directory, and ``--tables-only`` gathers them.
 """
 
 from __future__ import annotations
