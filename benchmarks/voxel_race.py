@@ -5,6 +5,9 @@
     .venv/bin/python benchmarks/voxel_race.py --work runs/voxel_race --tables-only \
         --results docs/voxel_race.json --plot docs/voxel_race.png
 
+``--results`` keeps every finished run, and a run found there is not raced again: the race
+accumulates across sessions and machines like the sensitivity benchmark.
+
 Every entry is ``configs/fidelity_ds2_cpu.yaml`` (docs/fidelity.md's whole-model recipe: tiny patch
 transformer, x-prediction, the v-loss, uniform training times) plus the config switches of
 :data:`ENTRIES`. Each (entry, seed) is one ``benchmarks/fidelity.py`` run in
@@ -63,9 +66,11 @@ def overrides(work: Path, entry: str, seed: int, steps: int) -> list[str]:
             *ENTRIES[entry]]
 
 
-def race_one(work: Path, entry: str, seed: int, steps: int, threads: int) -> None:
-    """One entry and seed through benchmarks/fidelity.py (skipped when its result exists)."""
-    if (run_dir(work, entry, seed) / RESULT).exists():
+def race_one(work: Path, entry: str, seed: int, steps: int, threads: int,
+             done: dict[str, Any]) -> None:
+    """One entry and seed through benchmarks/fidelity.py (skipped when its result exists, here or
+    among the ``done`` runs of the results file)."""
+    if (run_dir(work, entry, seed) / RESULT).exists() or f"{entry}/seed{seed}" in done:
         print(f"[race] {entry} seed {seed}: done", flush=True)
         return
     cmd = [sys.executable, str(ROOT / "benchmarks" / "fidelity.py"), "--config", CONFIG,
@@ -78,20 +83,30 @@ def race_one(work: Path, entry: str, seed: int, steps: int, threads: int) -> Non
         raise SystemExit(f"[race] {entry} seed {seed} failed; re-run to resume")
 
 
-def gather(work: Path) -> dict[str, Any]:
-    """Every finished run of ``work``: per entry, each metric's mean and spread, and the curves."""
+def collect(work: Path, done: dict[str, Any]) -> dict[str, Any]:
+    """``entry/seedS`` -> its fidelity.py result and training minutes: the ``done`` runs of the
+    results file, then the finished runs in ``work``."""
+    runs = dict(done)
+    for path in sorted(work.glob(f"*/seed*/{RESULT}")):
+        result = json.loads(path.read_text())
+        runs[f"{path.parent.parent.name}/{path.parent.name}"] = {
+            "result": result, "train_minutes": _train_minutes(path.parent)}
+    return runs
+
+
+def gather(runs: dict[str, Any]) -> dict[str, Any]:
+    """Per entry, each metric's mean and spread over its runs, and the curves."""
     out: dict[str, Any] = {}
     for entry in ENTRIES:
-        runs = sorted(work.glob(f"{entry}/seed*/{RESULT}"))
-        if not runs:
+        mine = [r for key, r in sorted(runs.items()) if key.split("/")[0] == entry]
+        if not mine:
             continue
-        results = [json.loads(p.read_text()) for p in runs]
+        results = [r["result"] for r in mine]
         teachers = [r["stages"][0] for r in results]
         fid = [t["fidelity"] for t in teachers]
         row: dict[str, Any] = {"overrides": ENTRIES[entry], "seeds": len(results),
                                "steps": teachers[0]["steps"],
-                               "train_minutes": float(np.mean([_train_minutes(Path(t["run_dir"]))
-                                                               for t in teachers])),
+                               "train_minutes": float(np.mean([r["train_minutes"] for r in mine])),
                                "ms_per_shower": float(np.mean([f["ms_per_shower"] for f in fid])),
                                "curves": [r["curve"] for r in results]}
         for key in ("auc_low", "auc_high"):
@@ -169,14 +184,17 @@ def main() -> None:
     unknown = [e for e in args.entries.split(",") if e not in ENTRIES]
     if unknown:
         raise SystemExit(f"--entries: unknown {unknown}; choose from {list(ENTRIES)}")
+    done = (json.loads(args.results.read_text())["runs"]
+            if args.results and args.results.exists() else {})
     if not args.tables_only:
         for entry in args.entries.split(","):
             for seed in args.seeds:
-                race_one(args.work.resolve(), entry, seed, args.steps, args.threads)
-    rows = gather(args.work.resolve())
+                race_one(args.work.resolve(), entry, seed, args.steps, args.threads, done)
+    runs = collect(args.work.resolve(), done)
+    rows = gather(runs)
     print(table(rows))
     if args.results:
-        args.results.write_text(json.dumps(rows, indent=1))
+        args.results.write_text(json.dumps({"runs": runs, "entries": rows}, indent=1))
     if args.plot and rows:
         plot(rows, args.plot)
 
