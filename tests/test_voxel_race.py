@@ -1,4 +1,4 @@
-"""benchmarks/voxel_race.py: gathering runs into the race table, and resuming from the results file."""
+"""benchmarks/voxel_race.py: gathering runs into the race table, resuming from the results."""
 
 from __future__ import annotations
 
