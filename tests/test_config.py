@@ -6,14 +6,23 @@ import yaml
 from pipeline.config import Config, load_config, save_resolved, to_dict
 from pipeline.config.loader import ConfigError
 from pipeline.config.moved_keys import MOVED_KEYS
+from pipeline.tools.info import model_info
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["smoke", "ds2", "ds3"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert isinstance(cfg, Config) and cfg.data.inputs
+
+
+def test_the_ds3_gpu_fidelity_sampler_costs_at_most_200_gflop_per_shower():
+    """The issue's budget for the distilled ds3 sampler: a few ms per shower on one H100."""
+    cfg = load_config(CONFIGS / "fidelity_ds3_gpu.yaml")
+    info = model_info(cfg)
+    per_shower = cfg.distill.final_steps * sum(n["flops"] for n in info.values())
+    assert cfg.data.geometry == "ds3" and 150e9 < per_shower <= 200e9
 
 
 def test_overrides_apply_with_types():
