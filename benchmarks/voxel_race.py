@@ -51,6 +51,9 @@ ENTRIES: dict[str, list[str]] = {
     "min_snr": [f"{VT}.weighting=min_snr"],  # x error weighted by min(SNR, 5)
     "sigmoid_-2": [f"{VT}.weighting=sigmoid", f"{VT}.sigmoid_bias=-2"],
     "v_prediction": ["diffusion.prediction=v"],
+    # rectified flow as in SD3: straight paths, velocity MSE, logit-normal times (both networks'
+    # schedule; the layer network keeps its loss and times)
+    "flow": ["diffusion.process=flow", f"{VT}.weighting=flow", f"{VT}.time_sampling=logit_normal"],
 }
 METRICS = ("auc_low", "auc_high", "fpd", "etot_einc", "e_layer", "width_x", "sparsity")
 

@@ -115,7 +115,8 @@ def store(tmp_path_factory):
     VoxelTrainingConfig(logsnr_shift=-2.0),
     VoxelTrainingConfig(weighting="min_snr"),
     VoxelTrainingConfig(weighting="sigmoid", sigmoid_bias=-2.0),
-], ids=["logit_normal", "shift", "min_snr", "sigmoid"])
+    VoxelTrainingConfig(weighting="flow", time_sampling="logit_normal"),
+], ids=["logit_normal", "shift", "min_snr", "sigmoid", "flow"])
 def test_each_switch_trains_the_voxel_network(store, cfg):
     """Thirty Adam steps of the tiny transformer (x-prediction) with the switch lower its voxel
     loss, measured on a fixed batch with the same switch."""

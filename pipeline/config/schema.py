@@ -139,7 +139,8 @@ class VoxelTrainingConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     logsnr_shift: float = 0.0  # added to each drawn time's log-SNR (< 0: noisier)
-    weighting: Literal["v", "min_snr", "sigmoid"] = "v"  # weight of the x error at each log-SNR
+    # the weight of the x error at each log-SNR (flow: flow matching's velocity MSE)
+    weighting: Literal["v", "min_snr", "sigmoid", "flow"] = "v"
     min_snr_gamma: float = 5.0  # min_snr: x-MSE weight min(SNR, gamma)
     sigmoid_bias: float = 0.0  # sigmoid: eps-MSE weight sigmoid(bias - log SNR)
 
@@ -152,9 +153,11 @@ class VoxelTrainingConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Continuous-time diffusion with a clipped cosine log-SNR schedule (what the networks
-    learn)."""
+    """Continuous-time diffusion with a clipped log-SNR schedule (what the networks learn)."""
 
+    # vp: the variance-preserving cosine schedule; flow: rectified flow's straight path
+    # z = (1 - t) x + t eps (pipeline.diffusion.schedule.FlowSchedule)
+    process: Literal["vp", "flow"] = "vp"
     logsnr_min: float = -20.0  # log-SNR at t = 1
     logsnr_max: float = 20.0  # log-SNR at t = 0
     prediction: Literal["v", "x"] = "v"  # what the networks output; the loss stays in v-space

@@ -4,6 +4,8 @@
 ``alpha^2 + sigma^2 = 1`` exactly), ``theta_t = theta_min + t (theta_max - theta_min)`` for t in [0, 1] and
 ``log SNR(t) = 2 log(alpha / sigma) = -2 log tan(theta_t)``: the cosine schedule, strictly decreasing,
 clipped to ``[logsnr_min, logsnr_max]`` at t = 1 and t = 0 (``theta = arctan(exp(-logsnr / 2))``).
+``diffusion.process: flow`` replaces it by rectified flow's straight path (:class:`FlowSchedule`,
+``theta_t = arctan(t / (1 - t))``); everything below holds for both.
 
 The networks predict ``v = alpha eps - sigma x`` (Salimans & Ho), from which
 ``x = alpha z - sigma v`` and ``eps = sigma z + alpha v``.
@@ -48,8 +50,10 @@ class CosineSchedule:
 
     @classmethod
     def from_config(cls, cfg: object) -> "CosineSchedule":
-        """From a :class:`pipeline.config.DiffusionConfig`."""
-        return cls(float(cfg.logsnr_min), float(cfg.logsnr_max))  # type: ignore[attr-defined]
+        """From a :class:`pipeline.config.DiffusionConfig` (its ``process``: this schedule for
+        "vp", :class:`FlowSchedule` for "flow")."""
+        kind = FlowSchedule if getattr(cfg, "process", "vp") == "flow" else CosineSchedule
+        return kind(float(cfg.logsnr_min), float(cfg.logsnr_max))  # type: ignore[attr-defined]
 
     @property
     def theta_range(self) -> tuple[float, float]:
@@ -77,6 +81,30 @@ class CosineSchedule:
             shape = (-1,) + (1,) * (like.dim() - 1) if alpha.dim() else ()
             alpha, sigma = (a.to(like.dtype).reshape(shape) for a in (alpha, sigma))
         return alpha, sigma
+
+
+@dataclass(frozen=True)
+class FlowSchedule(CosineSchedule):
+    """Rectified flow's straight path ``z_f = (1 - t) x + t eps`` (flow matching), in
+    variance-preserving form: ``z = z_f / sqrt((1 - t)^2 + t^2)``, i.e. ``alpha : sigma =
+    (1 - t) : t`` and ``log SNR(t) = 2 log((1 - t) / t)``, clipped like the cosine schedule.
+
+    The scaling changes nothing a sampler does: a deterministic DDIM step on this schedule is an
+    Euler step of the flow ODE ``dz_f/dt = eps - x`` (both move along the line through the
+    predicted x and eps; exactly, away from the ends clipped to ``logsnr_min/max``), so the DDIM
+    sampler, x- or v-prediction and progressive distillation carry over unchanged; the network
+    sees unit-variance inputs, as EDM's input scaling would give it. With
+    ``diffusion.voxel_training.weighting: flow`` the voxel loss is the flow-matching velocity MSE.
+    """
+
+    def theta(self, t: Tensor) -> Tensor:
+        lo, hi = self.theta_range
+        t = torch.as_tensor(t).double()
+        return torch.atan2(t, 1 - t).clamp(lo, hi)
+
+    def time_of(self, logsnr: Tensor) -> Tensor:
+        lam = torch.as_tensor(logsnr, dtype=torch.float64).clamp(self.logsnr_min, self.logsnr_max)
+        return torch.sigmoid(-0.5 * lam)
 
 
 def diffuse(schedule: CosineSchedule, x: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:

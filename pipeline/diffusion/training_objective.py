@@ -13,7 +13,9 @@ literature, each a config switch:
   time grid of the unshifted schedule.
 - how each noise level is weighted, as a weight on the x error ``|x_hat - x|^2``:
   ``min_snr`` uses ``min(SNR, gamma)`` (Hang et al. 2023), ``sigmoid`` the eps-error weight
-  ``sigmoid(b - log SNR)`` of Kingma & Gao (2023), i.e. ``SNR sigmoid(b - log SNR)`` on x.
+  ``sigmoid(b - log SNR)`` of Kingma & Gao (2023), i.e. ``SNR sigmoid(b - log SNR)`` on x, and
+  ``flow`` the flow-matching velocity MSE, ``1 / t_f^2`` on x with ``t_f = sigmoid(-log SNR / 2)``
+  the flow time of that noise level (floored at 0.05 like the x-prediction loss, so at most 400).
 
 :func:`loss_factor` gives each alternative as a factor on the default per-item loss, so that the
 default path is untouched bit for bit.
@@ -62,6 +64,8 @@ def loss_factor(cfg: VoxelTrainingConfig, schedule: CosineSchedule, t: Tensor,
     logsnr = schedule.logsnr(t)  # float64
     if cfg.weighting == "min_snr":
         x_weight = torch.clamp(logsnr.exp(), max=cfg.min_snr_gamma)
+    elif cfg.weighting == "flow":  # |(x_hat - x) / t_f|^2: the error of the velocity eps - x
+        x_weight = torch.sigmoid(-0.5 * logsnr).clamp_min(X_LOSS_MIN_SIGMA) ** -2
     else:  # sigmoid: SNR * sigmoid(b - logsnr) = exp(logsnr) / (1 + exp(logsnr - b)), overflow-free
         x_weight = torch.exp(logsnr - torch.nn.functional.softplus(logsnr - cfg.sigmoid_bias))
     sigma = schedule.alpha_sigma(t)[1]

@@ -138,9 +138,10 @@ def _layer_run(voxel_run: _Run, layer_model_dir: Path | None, device: torch.devi
                               f"generate.model {voxel_run.dir} (trained on other stores?); train "
                               f"both networks on the same store")
     d1, d2 = run.cfg.diffusion, voxel_run.cfg.diffusion
-    if (d1.logsnr_min, d1.logsnr_max) != (d2.logsnr_min, d2.logsnr_max):
+    if (d1.process, d1.logsnr_min, d1.logsnr_max) != (d2.process, d2.logsnr_min, d2.logsnr_max):
         raise ConfigError(f"generate.layer_model: {layer_model_dir} uses another noise schedule "
-                          f"(diffusion.logsnr_min/max) than generate.model {voxel_run.dir}")
+                          f"(diffusion.process, logsnr_min/max) than generate.model "
+                          f"{voxel_run.dir}")
     return run
 
 
