@@ -22,6 +22,7 @@ import numpy as np
 
 from data_tools.export_file import ExportError
 from data_tools.export_files import read_index
+from pipeline.data import run_layout
 from pipeline.data.calochallenge_hdf5 import SHOWER_KEY, InputError, inspect_file, read_energies
 from pipeline.data.shower_store import ShowerStore, StoreError, chunk_bounds
 from pipeline.physics.geometry import GEOMETRY_FILES, load_geometry
@@ -59,6 +60,8 @@ def summarize_store(path: Path, sample: int) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": "zarr shower store", **store.summary(), "size_bytes": disk_bytes(path)}
     out["raw_float32_bytes"] = store.n * store.geometry.n_voxels * 4
     out["compression_ratio"] = round(out["raw_float32_bytes"] / max(out["size_bytes"], 1), 2)
+    if "stats" not in store.attrs:  # a generated sample: no training split, no statistics
+        return {**out, **_generated_sample(path, store), **_sampled_zeros(store, sample)}
     out["sources"] = [{k: s[k] for k in ("name", "n", "sha256")} for s in store.attrs.get("sources", [])]
     out["chunks"] = {"train": len(store.chunk_ids("train")), "validation": len(store.chunk_ids("validation"))}
     if store.complete:
@@ -70,9 +73,28 @@ def summarize_store(path: Path, sample: int) -> dict[str, Any]:
     else:
         done = len(list((path / "_conversion").glob("shard_*.json")))
         out["shards_done"] = f"{done}/{len(chunk_bounds(store.n, store.shard_rows))}"
+    return {**out, **_sampled_zeros(store, sample)}
+
+
+def _sampled_zeros(store: ShowerStore, sample: int) -> dict[str, Any]:
     k = min(sample, store.n)
-    out["zero_fraction_sampled"] = float((store.showers[:k] == 0).mean())
-    out["sampled_showers"] = k
+    return {"zero_fraction_sampled": float((store.showers[:k] == 0).mean()), "sampled_showers": k}
+
+
+def _generated_sample(path: Path, store: ShowerStore) -> dict[str, Any]:
+    """What a ``pipeline.generate`` sample records: its energy range once complete, its manifest's
+    timing, or how many of its blocks are done."""
+    out: dict[str, Any] = {"kind": "generated sample (zarr)"}
+    if store.complete and "energy_range_mev" in store.attrs:
+        lo, hi = store.attrs["energy_range_mev"]
+        out["incident_energy"] = {"min_mev": lo, "max_mev": hi}
+    manifest = run_layout.sample_manifest(path)
+    if manifest.is_file():
+        timing = json.loads(manifest.read_text()).get("timing", {})
+        out["ms_per_shower_per_rank"] = timing.get("ms_per_shower_per_rank")
+    else:
+        done = len(list(run_layout.sample_blocks_dir(path).glob("block_*.json")))
+        out["blocks_done"] = done
     return out
 
 

@@ -41,3 +41,23 @@ def test_console_script_dispatch(capsys, tmp_path, small_ds3):
     assert calo_main(["bogus"]) == 2
     assert calo_main(["inspect", str(small_ds3[0])]) == 0
     assert "CaloChallenge HDF5" in capsys.readouterr().out
+
+
+def test_inspect_a_generated_sample_while_generating_and_when_complete(tmp_path):
+    """A ``pipeline.generate`` sample has no training statistics: its energy range, blocks and
+    timing are shown instead (it used to fail with KeyError: 'stats')."""
+    from test_sample_store import fill, open_sample
+
+    sample = open_sample(tmp_path / "gen.zarr")
+    s = summarize(tmp_path / "gen.zarr")
+    assert s["kind"] == "generated sample (zarr)" and s["complete"] is False
+    assert s["blocks_done"] == 0
+    fill(sample)
+    assert summarize(tmp_path / "gen.zarr")["blocks_done"] == 3
+    sample.finalize({})
+    proc = run_module("data_tools.inspect", str(tmp_path / "gen.zarr"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["complete"] is True and s["n"] == 48
+    assert s["incident_energy"] == {"min_mev": 1e4, "max_mev": 1e4}
+    assert s["ms_per_shower_per_rank"] > 0 and s["zero_fraction_sampled"] == 0.0
