@@ -435,6 +435,7 @@ def main() -> None:
                                                      args.distill_minutes)})
     work = train_dir / Path(args.out).stem  # samples and reports of this result file
     work.mkdir(parents=True, exist_ok=True)
+    teacher = stages[0]
     stages = [s for s in stages if args.evaluate is None or s["stage"] in args.evaluate]
     for s in stages:
         s["fidelity"] = whole_model_fidelity(args, cfg, env, s["stage"], work) if mode == "whole" \
@@ -445,7 +446,7 @@ def main() -> None:
         final = run_layout.stage_steps(cfg, run_layout.n_stages(cfg))
         fidelity = whole_model_fidelity(args, cfg, env, 0, work, final) if mode == "whole" \
             else layer_network_fidelity(cfg, 0, final)
-        stages.append({**stages[0], "stage": "teacher, undistilled", "sample_steps": final,
+        stages.append({**teacher, "stage": "teacher, undistilled", "sample_steps": final,
                        "seconds": None, "fidelity": fidelity})
     result = {"config": args.config, "overrides": args.set, "mode": mode, "threads": args.threads,
               "train_minutes": args.train_minutes, "distill_minutes": args.distill_minutes,
