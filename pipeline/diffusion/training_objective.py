@@ -18,7 +18,8 @@ literature, each a config switch:
   the flow time of that noise level (floored at 0.05 like the x-prediction loss, so at most 400).
 
 :func:`loss_factor` gives each alternative as a factor on the default per-item loss, so that the
-default path is untouched bit for bit.
+default path is untouched bit for bit. Progressive distillation (:mod:`.distillation`) keeps its
+own student times and loss whatever these switches say.
 """
 
 from __future__ import annotations
@@ -75,8 +76,7 @@ def loss_factor(cfg: VoxelTrainingConfig, schedule: CosineSchedule, t: Tensor,
 
 
 def training_losses(layer_model: Callable[..., Tensor], voxel_model: Callable[..., Tensor],
-                    layers: Tensor,
-                    voxels: Tensor | None, cond: Tensor, schedule: CosineSchedule,
+                    layers: Tensor, voxels: Tensor | None, cond: Tensor, schedule: CosineSchedule,
                     generator: torch.Generator | None = None, prediction: Prediction = "v",
                     networks: Sequence[str] = NETWORKS,
                     voxel_training: VoxelTrainingConfig = DEFAULT_VOXEL_TRAINING,
