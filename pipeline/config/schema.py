@@ -133,7 +133,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class VoxelTrainingConfig:
     """Which noise levels the voxel network trains on and how each is weighted
-    (:mod:`pipeline.diffusion.training_objective`); the layer network and the samplers are unchanged."""
+    (:mod:`pipeline.diffusion.training_objective`); the layer network and the samplers are
+    unchanged."""
 
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"  # t ~ U(0,1) or sigmoid(N(m, s))
     logit_mean: float = 0.0
