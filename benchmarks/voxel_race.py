@@ -146,10 +146,16 @@ def table(rows: dict[str, Any]) -> str:
                  str(r["seeds"]), str(r["steps"]), fmt(r["train_minutes"], 1),
                  f"{fmt(r['auc_low'])} +- {fmt(r['auc_low_std'])}",
                  f"{fmt(r['auc_high'])} +- {fmt(r['auc_high_std'])}",
-                 *(fmt(r[k], 4 if k == "fpd" else 3) for k in METRICS[2:]),
+                 *(_spread(r, k, 1 if k == "fpd" else 3) for k in METRICS[2:]),
                  fmt(r["ms_per_shower"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _spread(row: dict[str, Any], key: str, digits: int) -> str:
+    """``mean +- std over the seeds`` (the mean alone for one seed)."""
+    std = row.get(key + "_std")
+    return fmt(row[key], digits) + ("" if std is None else f" +- {fmt(std, digits)}")
 
 
 def plot(rows: dict[str, Any], path: Path) -> None:
