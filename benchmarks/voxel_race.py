@@ -38,6 +38,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from fidelity import _minutes, fmt  # noqa: E402 - benchmarks/fidelity.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/fidelity_ds2_cpu.yaml"
@@ -93,7 +94,9 @@ def collect(work: Path, done: dict[str, Any]) -> dict[str, Any]:
     for path in sorted(work.glob(f"*/seed*/{RESULT}")):
         result = json.loads(path.read_text())
         runs[f"{path.parent.parent.name}/{path.parent.name}"] = {
-            "result": result, "train_minutes": _train_minutes(path.parent)}
+            "result": result,
+            # the training run's wall minutes, monitor included (its metrics log)
+            "train_minutes": _minutes({"seconds": None, "run_dir": path.parent})}
     return runs
 
 
@@ -122,19 +125,6 @@ def gather(runs: dict[str, Any]) -> dict[str, Any]:
             row[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         out[entry] = row
     return out
-
-
-def _train_minutes(run: Path) -> float:
-    """Wall minutes of the training run, monitor included (its metrics log's last elapsed time)."""
-    import csv
-
-    with open(run / "logs" / "metrics.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("elapsed_s")]
-    return float(rows[-1]["elapsed_s"]) / 60
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def table(rows: dict[str, Any]) -> str:
